@@ -1,0 +1,96 @@
+"""The options file of ``mattransfer train`` (metatrain's shape: a ``finetune`` section turns a
+pre-training into a fine-tuning). Unknown keys and wrong types are errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mattransfer.data.readers import Reader
+from mattransfer.errors import ConfigError, format_validation_error
+from mattransfer.finetune import METHODS, MethodOptions
+from mattransfer.graphs.build import GraphSettings
+from mattransfer.models.model import ModelConfig
+from mattransfer.training.trainer import TrainingOptions
+
+
+class DataConfig(BaseModel):
+    """A registry key (``dataset``) or a file (``read_from``); then how many samples to draw."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str | None = Field(None, description="registry key, e.g. phonons (see `mattransfer datasets`)")
+    read_from: Path | None = Field(None, description="a data file: matminer JSON, extxyz or CSV")
+    reader: Reader | None = None
+    target: str | None = Field(None, description="target column / atoms.info key (files only)")
+    unit: str = ""
+    structure_column: str = "structure"
+    id_column: str | None = None
+    n_samples: int | None = Field(None, ge=2, description="samples drawn from the non-test pool (default: all)")
+    test_fraction: float = Field(0.1, gt=0, lt=1)
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    test_seed: int = Field(0, description="seed of the fixed test set; keep it to compare experiments")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataConfig:
+        if (self.dataset is None) == (self.read_from is None):
+            raise ValueError("give exactly one of `dataset` (a registry key) or `read_from` (a file)")
+        if self.read_from is not None and self.target is None:
+            raise ValueError("`target` is required with `read_from` (the column or atoms.info key to learn)")
+        return self
+
+
+class FinetuneConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["scratch", "full", "heads", "freeze", "lora"]
+    read_from: Path = Field(description="checkpoint of the pre-trained model")
+    config: dict[str, Any] = Field(default_factory=dict, description="the method's options")
+
+    @model_validator(mode="after")
+    def _method_options(self) -> FinetuneConfig:
+        options_cls, _ = METHODS[self.method]
+        self.config = options_cls(**self.config).model_dump()
+        return self
+
+    def options(self) -> MethodOptions:
+        return METHODS[self.method][0](**self.config)
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1 …")
+    output_dir: Path = Path("runs/run")
+    data_sources: Path | None = Field(None, description="YAML with data_dir and per-key local files")
+    data: DataConfig
+    graphs: GraphSettings = Field(default_factory=GraphSettings)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingOptions = Field(default_factory=TrainingOptions)
+    finetune: FinetuneConfig | None = None
+
+    def resolved(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def load_config(path: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read and validate an options file. Relative paths in it are relative to the working directory."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the options file ({exc.strerror}).") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc}).") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of options at the top level.")
+    raw.update(overrides or {})
+    try:
+        config = TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, path)) from exc
+    return config

@@ -1,0 +1,102 @@
+"""Read a user's data file into a matminer-style frame (index = ids, a ``structure`` column).
+
+Readers by format: matminer/matbench JSON (optionally gzip'd), extended XYZ through ASE
+(targets under ``atoms.info``), and CSV with a CIF or POSCAR text column.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+from pymatgen.core import Structure
+from pymatgen.io.ase import AseAtomsAdaptor
+
+from mattransfer.errors import DataError
+
+Reader = Literal["matminer", "ase", "csv"]
+
+log = logging.getLogger(__name__)
+
+
+def guess_reader(path: Path) -> Reader:
+    name = path.name.lower()
+    if name.endswith((".json", ".json.gz")):
+        return "matminer"
+    if name.endswith((".xyz", ".extxyz")):
+        return "ase"
+    if name.endswith((".csv", ".csv.gz")):
+        return "csv"
+    raise DataError(
+        f"{path}: cannot tell the format from the file name; set `reader:` to one of"
+        " matminer, ase, csv."
+    )
+
+
+def read_frame(path: Path, reader: Reader | None = None, structure_column: str = "structure") -> pd.DataFrame:
+    """Read ``path`` into a frame; errors name the file and what is wrong with it."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found.")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty.")
+    reader = reader or guess_reader(path)
+    try:
+        if reader == "matminer":
+            return _read_matminer(path)
+        if reader == "ase":
+            return _read_extxyz(path)
+        return _read_csv(path, structure_column)
+    except DataError:
+        raise
+    except Exception as exc:  # any parser failure means a corrupt or mislabelled file
+        raise DataError(f"{path}: could not be read as {reader} data ({type(exc).__name__}: {exc}).") from exc
+
+
+def _read_matminer(path: Path) -> pd.DataFrame:
+    from matminer.utils.io import load_dataframe_from_json
+
+    return load_dataframe_from_json(str(path), pbar=False)
+
+
+def _read_extxyz(path: Path) -> pd.DataFrame:
+    import ase.io
+
+    frames = ase.io.read(path, index=":")
+    if not frames:
+        raise DataError(f"{path}: no structures in the file.")
+    rows, ids = [], []
+    for i, atoms in enumerate(frames):
+        if not atoms.pbc.all():
+            raise DataError(f"{path}: frame {i} is not periodic in all three directions (pbc={atoms.pbc.tolist()}).")
+        ids.append(str(atoms.info.get("id", f"{path.stem}-{i}")))
+        row = {k: v for k, v in atoms.info.items() if k != "id"}
+        row["structure"] = AseAtomsAdaptor.get_structure(atoms)
+        rows.append(row)
+    return pd.DataFrame(rows, index=ids)
+
+
+def _read_csv(path: Path, structure_column: str) -> pd.DataFrame:
+    frame = pd.read_csv(path)
+    if "id" in frame.columns:
+        frame = frame.set_index("id")
+    frame.index = frame.index.astype(str)
+    if structure_column not in frame.columns:
+        return frame  # PropertyTable names the missing column
+    structures = []
+    for row_id, text in frame[structure_column].items():
+        structures.append(_parse_structure_text(text, f"{path}: row {row_id!r}"))
+    frame[structure_column] = structures
+    return frame
+
+
+def _parse_structure_text(text: object, where: str) -> Structure:
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"{where}: empty structure cell.")
+    fmt = "cif" if "_cell_length_a" in text else "poscar"
+    try:
+        return Structure.from_str(text, fmt=fmt)
+    except Exception as exc:
+        raise DataError(f"{where}: could not parse the structure as {fmt.upper()} ({exc}).") from exc

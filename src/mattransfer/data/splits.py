@@ -1,0 +1,91 @@
+"""Fixed test sets and train/val subsets drawn from the rest.
+
+The test set of a dataset is a property of each id: an id is in it when its seeded hash ranks in
+the lowest ``test_fraction``. It therefore does not depend on row order or on which experiment asks,
+and every experiment on a dataset tests on the same ids. Training and validation samples come only
+from the other ids; `Split` refuses to exist with an overlap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from mattransfer.errors import DataError, LeakError
+
+
+def fixed_test_ids(ids: Sequence[str], fraction: float = 0.1, seed: int = 0) -> list[str]:
+    """The dataset's test ids: the ``ceil(fraction * n)`` ids of lowest seeded hash, in hash order."""
+    if not 0 < fraction < 1:
+        raise DataError(f"test_fraction must be between 0 and 1, got {fraction}.")
+    ranked = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).digest())
+    return ranked[: math.ceil(fraction * len(ids))]
+
+
+@dataclass(frozen=True)
+class Split:
+    """Disjoint train / val / test ids of one experiment."""
+
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        assert_disjoint(self.train, self.val, self.test)
+
+    def to_json(self, path: Path) -> None:
+        path.write_text(json.dumps({"train": self.train, "val": self.val, "test": self.test}, indent=0))
+
+    @classmethod
+    def from_json(cls, path: Path) -> Split:
+        raw = json.loads(Path(path).read_text())
+        return cls(tuple(raw["train"]), tuple(raw["val"]), tuple(raw["test"]))
+
+
+def assert_disjoint(train: Sequence[str], val: Sequence[str], test: Sequence[str]) -> None:
+    test_set = set(test)
+    for name, part in (("train", train), ("val", val)):
+        leaked = test_set.intersection(part)
+        if leaked:
+            raise LeakError(f"{len(leaked)} test ids in the {name} split (e.g. {sorted(leaked)[:3]}).")
+    overlap = set(train).intersection(val)
+    if overlap:
+        raise LeakError(f"{len(overlap)} ids in both train and val (e.g. {sorted(overlap)[:3]}).")
+
+
+def make_split(
+    ids: Sequence[str],
+    n_samples: int | None,
+    seed: int,
+    *,
+    dataset: str = "dataset",
+    test_fraction: float = 0.1,
+    val_fraction: float = 0.1,
+    test_seed: int = 0,
+) -> Split:
+    """Draw ``n_samples`` from the non-test pool with ``seed`` and split them into train and val.
+
+    ``n_samples=None`` takes the whole pool. Asking for more than the pool holds is an error:
+    callers that want a cap apply it themselves and record it.
+    """
+    test = fixed_test_ids(ids, test_fraction, test_seed)
+    test_set = set(test)
+    pool = [i for i in ids if i not in test_set]
+    n = len(pool) if n_samples is None else n_samples
+    if n > len(pool):
+        raise DataError(
+            f"{dataset}: {n} samples requested but the pool outside the fixed {test_fraction:.0%} test"
+            f" set holds {len(pool)} (dataset size {len(ids)})."
+        )
+    if n < 2:
+        raise DataError(f"{dataset}: at least 2 samples are needed (one train, one val), got {n}.")
+    rng = np.random.default_rng(seed)
+    chosen = [pool[i] for i in rng.permutation(len(pool))[:n]]
+    n_val = min(max(1, round(n * val_fraction)), n - 1)
+    return Split(train=tuple(chosen[n_val:]), val=tuple(chosen[:n_val]), test=tuple(test))

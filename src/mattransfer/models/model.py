@@ -1,0 +1,141 @@
+"""`TransferModel`: encoder + head + the target's standardisation, saved and loaded as one checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import Tensor, nn
+
+from mattransfer.errors import ConfigError
+from mattransfer.graphs.build import GraphSettings
+from mattransfer.graphs.store import GraphBatch
+from mattransfer.models.encoders import ENCODERS
+from mattransfer.models.head import HeadConfig, MLPHead
+from mattransfer.models.lora import inject_lora
+
+CHECKPOINT_FORMAT = 1
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    encoder: dict[str, Any] = Field(default_factory=lambda: {"name": "cgcnn"})
+    head: HeadConfig = Field(default_factory=HeadConfig)
+
+    @field_validator("encoder")
+    @classmethod
+    def _validate_encoder(cls, value: dict[str, Any]) -> dict[str, Any]:
+        options = dict(value)
+        name = options.pop("name", "cgcnn")
+        if name not in ENCODERS:
+            raise ValueError(f"unknown encoder {name!r}; available: {sorted(ENCODERS)}")
+        return {"name": name, **ENCODERS[name].Config(**options).model_dump()}
+
+
+class TransferModel(nn.Module):
+    """``encoder`` (graph → latent) and ``head`` (latent → standardised target).
+
+    ``frozen`` names submodules that fine-tuning froze; they stay in eval mode in training so that
+    batch-norm statistics are frozen along with the weights.
+    """
+
+    def __init__(self, config: ModelConfig, graphs: GraphSettings) -> None:
+        super().__init__()
+        self.config = config
+        self.graphs = graphs
+        options = dict(config.encoder)
+        encoder_cls = ENCODERS[options.pop("name")]
+        self.encoder = encoder_cls(encoder_cls.Config(**options), graphs)
+        self.head = MLPHead(self.encoder.out_dim, config.head)
+        self.register_buffer("target_mean", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("target_std", torch.ones((), dtype=torch.float64))
+        self.target: dict[str, str] = {"name": "", "unit": "", "dataset": ""}
+        self.frozen: list[str] = []
+        self.lora: dict[str, float] | None = None
+
+    def forward(self, batch: GraphBatch) -> Tensor:
+        return self.head(self.encoder(batch))
+
+    @torch.no_grad()
+    def predict(self, batch: GraphBatch) -> Tensor:
+        """Predictions in the target's physical unit (float64)."""
+        return self(batch).double() * self.target_std + self.target_mean
+
+    def set_target(self, dataset: str, name: str, unit: str, y_train: Tensor) -> None:
+        """Standardise with the training split's mean and std (std of one sample is taken as 1)."""
+        self.target = {"dataset": dataset, "name": name, "unit": unit}
+        self.target_mean.fill_(float(y_train.mean()))
+        std = float(y_train.std()) if len(y_train) > 1 else 1.0
+        self.target_std.fill_(std if std > 0 else 1.0)
+
+    def reset_head(self) -> None:
+        self.head = MLPHead(self.encoder.out_dim, self.config.head)
+
+    def freeze(self, names: list[str]) -> None:
+        for name in names:
+            try:
+                module = self.get_submodule(name)
+            except AttributeError as exc:
+                raise ConfigError(f"cannot freeze {name!r}: no such module in the model ({exc}).") from exc
+            module.requires_grad_(False)
+            self.frozen.append(name)
+        self.train(self.training)
+
+    def add_lora(self, rank: int, alpha: float) -> list[str]:
+        """Freeze the encoder and give its linear layers low-rank adapters."""
+        self.freeze(["encoder"])
+        wrapped = inject_lora(self.encoder, rank, alpha)
+        self.frozen.remove("encoder")  # adapters train; base weights stay frozen by requires_grad
+        for name in self.encoder_norm_layers():
+            self.frozen.append(name)
+        self.lora = {"rank": rank, "alpha": alpha}
+        self.train(self.training)
+        return wrapped
+
+    def encoder_norm_layers(self) -> list[str]:
+        return [f"encoder.{n}" for n, m in self.encoder.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def train(self, mode: bool = True) -> TransferModel:
+        super().train(mode)
+        for name in self.frozen:
+            self.get_submodule(name).eval()
+        return self
+
+    def save(self, path: Path, **extra: Any) -> None:
+        """Everything needed to rebuild the model, plus ``extra`` metadata (e.g. the run's config)."""
+        checkpoint = {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.config.model_dump(),
+            "graphs": self.graphs.model_dump(),
+            "target": self.target,
+            "frozen": self.frozen,
+            "lora": self.lora,
+            "state_dict": self.state_dict(),
+            **extra,
+        }
+        path = Path(path)
+        tmp = path.with_suffix(".tmp")
+        torch.save(checkpoint, tmp)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> TransferModel:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"checkpoint {path} not found.")
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:
+            raise ConfigError(f"{path}: not a readable mattransfer checkpoint ({exc}).") from exc
+        if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+            raise ConfigError(f"{path}: not a mattransfer checkpoint of format {CHECKPOINT_FORMAT}.")
+        model = cls(ModelConfig(**checkpoint["model"]), GraphSettings(**checkpoint["graphs"]))
+        if checkpoint["lora"]:
+            model.add_lora(int(checkpoint["lora"]["rank"]), checkpoint["lora"]["alpha"])
+        model.load_state_dict(checkpoint["state_dict"])
+        model.target = checkpoint["target"]
+        model.frozen = list(checkpoint["frozen"])
+        return model

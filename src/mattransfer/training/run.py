@@ -1,0 +1,193 @@
+"""One training run, pre-training or fine-tuning, from options to a finished run directory.
+
+A run directory holds: ``config.yaml`` (resolved options), ``split.json`` (train/val/test ids),
+``history.csv`` (per-epoch losses), ``model.ckpt``, ``metrics.json`` and ``train.log``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import yaml
+
+from mattransfer.config import DataConfig, TrainConfig
+from mattransfer.data.readers import read_frame
+from mattransfer.data.registry import DataSources
+from mattransfer.data.splits import Split, assert_disjoint, make_split
+from mattransfer.data.table import PropertyTable
+from mattransfer.errors import ConfigError
+from mattransfer.finetune import METHODS, param_groups
+from mattransfer.graphs.build import cached_graphs
+from mattransfer.graphs.store import GraphStore
+from mattransfer.models.model import TransferModel
+from mattransfer.training.metrics import regression_metrics
+from mattransfer.training.trainer import Batches, FitResult, TrainingOptions, fit
+
+log = logging.getLogger("mattransfer")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_table(data: DataConfig, sources: DataSources) -> PropertyTable:
+    """The table a run's ``data`` section names: a registry key or a file."""
+    if data.dataset is not None:
+        return sources.load(data.dataset)
+    path = Path(data.read_from)
+    frame = read_frame(path, data.reader, data.structure_column)
+    return PropertyTable.from_frame(
+        frame, name=path.name.split(".")[0], target=data.target, unit=data.unit, source=str(path),
+        structure_column=data.structure_column, id_column=data.id_column,
+    )
+
+
+@dataclass
+class Dataset:
+    """A loaded table with its graphs: what every run on one dataset shares."""
+
+    table: PropertyTable
+    graphs: GraphStore
+
+    def targets(self) -> torch.Tensor:
+        return torch.from_numpy(self.table.y)
+
+
+def train_and_test(
+    model: TransferModel,
+    data: Dataset,
+    split: Split,
+    training: TrainingOptions,
+    groups: list[dict],
+    *,
+    seed: int,
+    device: torch.device,
+    run_dir: Path | None = None,
+    progress: bool = True,
+    description: str = "training",
+) -> tuple[FitResult, dict]:
+    """Standardise on the train split, fit with early stopping, and test the best-validation model."""
+    assert_disjoint(split.train, split.val, split.test)
+    model.encoder.check_elements(data.graphs)
+    y = data.targets()
+    train_pos, val_pos, test_pos = (data.graphs.positions(ids) for ids in (split.train, split.val, split.test))
+    model.set_target(data.table.name, data.table.target, data.table.unit, y[train_pos])
+    y_std = ((y - model.target_mean) / model.target_std).float()
+    model.to(device)
+    batches = {
+        name: Batches(data.graphs, pos, y_std[pos], training.batch_size, device)
+        for name, pos in (("train", train_pos), ("val", val_pos), ("test", test_pos))
+    }
+    result = fit(
+        model, batches["train"], batches["val"], groups, training, seed=seed,
+        history_csv=run_dir / "history.csv" if run_dir else None, progress=progress, description=description,
+    )
+    metrics = {name: evaluate(model, b, y) for name, b in batches.items()}
+    return result, metrics
+
+
+@torch.no_grad()
+def evaluate(model: TransferModel, batches: Batches, y: torch.Tensor) -> dict[str, float]:
+    """Metrics of ``model`` on a subset, in the target's physical unit."""
+    model.eval()
+    predictions = torch.cat([model.predict(b).cpu() for b, _ in batches.epoch()])
+    return regression_metrics(y[batches.positions].numpy(), predictions.numpy())
+
+
+@contextmanager
+def run_log(run_dir: Path) -> Iterator[None]:
+    """Copy mattransfer's log records into ``run_dir/train.log`` for the duration of a run."""
+    handler = logging.FileHandler(run_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("mattransfer")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def run(config: TrainConfig, progress: bool = True) -> dict:
+    """Run the training the options describe; write and return its metrics."""
+    run_dir = Path(config.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_log(run_dir):
+        start = time.perf_counter()
+        sources = DataSources.from_yaml(config.data_sources) if config.data_sources else DataSources.from_env()
+        pretrained = TransferModel.load(config.finetune.read_from) if config.finetune else None
+        graph_settings = pretrained.graphs if pretrained else config.graphs
+        if pretrained and graph_settings != config.graphs:
+            log.info("graph settings come from the pre-trained model: %s", graph_settings)
+        table = load_table(config.data, sources)
+        log.info("data %s: %d rows from %s (dropped: %s)", table.name, len(table), table.source, table.dropped or "none")
+        data = Dataset(table, cached_graphs(table, graph_settings, progress))
+        split = make_split(
+            table.ids, config.data.n_samples, config.seed, dataset=table.name,
+            test_fraction=config.data.test_fraction, val_fraction=config.data.val_fraction,
+            test_seed=config.data.test_seed,
+        )
+        split.to_json(run_dir / "split.json")
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.resolved(), sort_keys=False))
+
+        torch.manual_seed(config.seed)
+        options = config.finetune.options() if config.finetune else None
+        if pretrained is None:
+            model = TransferModel(config.model, graph_settings)
+        else:
+            _check_inherit_head(pretrained, table, options)
+            model = METHODS[config.finetune.method][1](pretrained, options)
+        groups = param_groups(model, options, config.training.lr)
+        n_trainable = sum(p.numel() for g in groups for p in g["params"])
+        log.info("model: %d parameters, %d trainable; split %d/%d/%d", sum(p.numel() for p in model.parameters()),
+                 n_trainable, len(split.train), len(split.val), len(split.test))
+
+        result, metrics = train_and_test(
+            model, data, split, config.training, groups, seed=config.seed,
+            device=resolve_device(config.device), run_dir=run_dir, progress=progress,
+            description=f"{config.finetune.method if config.finetune else 'train'} {table.name}",
+        )
+        model.cpu().save(run_dir / "model.ckpt", config=config.resolved())
+        summary = {
+            "dataset": table.name, "target": table.target, "unit": table.unit,
+            "method": config.finetune.method if config.finetune else "pretrain",
+            "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
+            "dropped": table.dropped, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
+            "n_trainable": n_trainable, "fit_seconds": result.seconds,
+            "wall_seconds": time.perf_counter() - start, **metrics,
+        }
+        (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+        log.info("test MAE %.4g %s, RMSE %.4g, R2 %.3f (best epoch %d of %d, %.1f s)", metrics["test"]["mae"],
+                 table.unit, metrics["test"]["rmse"], metrics["test"]["r2"], result.best_epoch,
+                 result.epochs_run, summary["wall_seconds"])
+        return summary
+
+
+def _check_inherit_head(pretrained: TransferModel, table: PropertyTable, options) -> None:
+    if options.inherit_head and pretrained.target.get("unit") != table.unit:
+        raise ConfigError(
+            f"inherit_head needs the same kind of property: the pre-trained head predicts"
+            f" {pretrained.target.get('name')!r} [{pretrained.target.get('unit')}], this run {table.target!r}"
+            f" [{table.unit}]. Drop inherit_head to train a fresh head."
+        )
+
+
+def predict_structures(model: TransferModel, table: PropertyTable, batch_size: int = 256) -> np.ndarray:
+    """Predictions for every structure of ``table`` (targets ignored), in physical units."""
+    graphs = cached_graphs(table, model.graphs, progress=False)
+    model.encoder.check_elements(graphs)
+    positions = torch.arange(len(graphs))
+    batches = Batches(graphs, positions, torch.zeros(len(graphs)), batch_size, torch.device("cpu"))
+    model.eval()
+    return torch.cat([model.predict(b) for b, _ in batches.epoch()]).numpy()

@@ -1,0 +1,125 @@
+"""The training loop: AdamW, early stopping on validation loss, best-validation weights restored.
+
+A lean loop rather than PyTorch Lightning: on this study's fine-tunes (tens of mini-batches per
+epoch, hundreds of epochs) Lightning's per-step machinery costs more than the model does; see
+``bench/loop_overhead.py`` and the README for the measurement.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import Tensor, nn
+
+from mattransfer.graphs.store import GraphBatch, GraphStore
+
+log = logging.getLogger(__name__)
+
+
+class TrainingOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    batch_size: int = Field(32, ge=1)
+    max_epochs: int = Field(500, ge=1)
+    patience: int = Field(50, ge=1, description="epochs without a better validation loss before stopping")
+    loss: Literal["l1", "mse"] = "l1"
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    epochs_run: int
+    best_val_loss: float
+    seconds: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+LOSSES = {"l1": nn.functional.l1_loss, "mse": nn.functional.mse_loss}
+
+
+class Batches:
+    """Fixed mini-batches of a subset of a store, cut once and moved to ``device`` once."""
+
+    def __init__(self, store: GraphStore, positions: Tensor, y: Tensor, batch_size: int, device: torch.device):
+        self.store, self.positions, self.y = store, positions, y
+        self.batch_size, self.device = batch_size, device
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def epoch(self, generator: torch.Generator | None = None) -> list[tuple[GraphBatch, Tensor]]:
+        """Mini-batches of near-equal size (no straggler batch of one graph); shuffled with ``generator``."""
+        order = torch.randperm(len(self.positions), generator=generator) if generator else torch.arange(len(self))
+        n_batches = math.ceil(len(self) / self.batch_size)
+        return [
+            (self.store.batch(self.positions[chunk]).to(self.device), self.y[chunk].to(self.device))
+            for chunk in torch.tensor_split(order, n_batches)
+        ]
+
+
+def fit(
+    model: nn.Module,
+    train: Batches,
+    val: Batches,
+    param_groups: list[dict],
+    options: TrainingOptions,
+    *,
+    seed: int,
+    history_csv: Path | None = None,
+    progress: bool = True,
+    description: str = "training",
+) -> FitResult:
+    """Train ``model`` in place on standardised targets; on return it holds its best-validation weights."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(param_groups, lr=options.lr, weight_decay=options.weight_decay)
+    loss_fn = LOSSES[options.loss]
+    val_batches = val.epoch()
+    best = {"loss": math.inf, "epoch": -1, "state": copy.deepcopy(model.state_dict())}
+    history: list[dict[str, float]] = []
+    start = time.perf_counter()
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[status]}")]
+    with Progress(*columns, disable=not progress, transient=True) as bar:
+        task = bar.add_task(description, total=options.max_epochs, status="")
+        for epoch in range(options.max_epochs):
+            model.train()
+            train_loss = 0.0
+            for batch, y in train.epoch(generator):
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model(batch), y)
+                loss.backward()
+                optimizer.step()
+                train_loss += loss.item() * batch.num_graphs
+            val_loss = evaluate_loss(model, val_batches, loss_fn)
+            history.append({"epoch": epoch, "train_loss": train_loss / len(train), "val_loss": val_loss})
+            if val_loss < best["loss"]:
+                best = {"loss": val_loss, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+            bar.update(task, advance=1, status=f"val {val_loss:.4f} best {best['loss']:.4f} @ {best['epoch']}")
+            if epoch - best["epoch"] >= options.patience:
+                break
+    model.load_state_dict(best["state"])
+    if history_csv is not None:
+        with open(history_csv, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["epoch", "train_loss", "val_loss"])
+            writer.writeheader()
+            writer.writerows(history)
+    return FitResult(best["epoch"], len(history), best["loss"], time.perf_counter() - start, history)
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, batches: list[tuple[GraphBatch, Tensor]], loss_fn) -> float:
+    model.eval()
+    total = sum(loss_fn(model(b), y, reduction="sum").item() for b, y in batches)
+    return total / sum(b.num_graphs for b, _ in batches)
