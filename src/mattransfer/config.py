@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from mattransfer.data.readers import Reader
 from mattransfer.errors import ConfigError, format_validation_error
@@ -48,13 +48,17 @@ class FinetuneConfig(BaseModel):
 
     method: Literal["scratch", "full", "heads", "freeze", "lora"]
     read_from: Path = Field(description="checkpoint of the pre-trained model")
-    config: dict[str, Any] = Field(default_factory=dict, description="the method's options")
+    config: dict[str, Any] = Field(default_factory=dict, validate_default=True, description="the method's options")
 
-    @model_validator(mode="after")
-    def _method_options(self) -> FinetuneConfig:
-        options_cls, _ = METHODS[self.method]
-        self.config = options_cls(**self.config).model_dump()
-        return self
+    @field_validator("config")
+    @classmethod
+    def _method_options(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # A field validator, not a model one: errors of the method's options then carry their full
+        # key (finetune.config.rank), not finetune.rank, which is no key of the file.
+        method = info.data.get("method")
+        if method is None:  # the method itself is invalid and reported as such
+            return value
+        return METHODS[method][0](**value).model_dump()
 
     def options(self) -> MethodOptions:
         return METHODS[self.method][0](**self.config)

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
+import numpy as np
+
+import numpy as np
 import pandas as pd
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
+from mattransfer.data.table import PropertyTable
 from mattransfer.errors import DataError
 
 Reader = Literal["matminer", "ase", "csv"]
@@ -73,6 +77,10 @@ def _read_extxyz(path: Path) -> pd.DataFrame:
             raise DataError(f"{path}: frame {i} is not periodic in all three directions (pbc={atoms.pbc.tolist()}).")
         ids.append(str(atoms.info.get("id", f"{path.stem}-{i}")))
         row = {k: v for k, v in atoms.info.items() if k != "id"}
+        # ASE's extxyz reader moves per-frame properties it knows (energy, free_energy, ...) out of
+        # `info` into a calculator; without this a target named `energy` would be "not found".
+        if atoms.calc is not None:
+            row.update({k: v for k, v in atoms.calc.results.items() if np.ndim(v) == 0})
         row["structure"] = AseAtomsAdaptor.get_structure(atoms)
         rows.append(row)
     return pd.DataFrame(rows, index=ids)
@@ -100,3 +108,28 @@ def _parse_structure_text(text: object, where: str) -> Structure:
         return Structure.from_str(text, fmt=fmt)
     except Exception as exc:
         raise DataError(f"{where}: could not parse the structure as {fmt.upper()} ({exc}).") from exc
+
+
+def read_structures(paths: Sequence[Path]) -> PropertyTable:
+    """Structures to predict, from CIF / POSCAR / (ext)xyz files; targets unknown (NaN).
+
+    Ids are the file stems, with the frame number for multi-frame files.
+    """
+    import ase.io
+
+    ids, structures = [], []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise DataError(f"{path}: file not found.")
+        try:
+            frames = ase.io.read(path, index=":")
+        except Exception as exc:
+            raise DataError(f"{path}: could not read a structure ({type(exc).__name__}: {exc}).") from exc
+        for k, atoms in enumerate(frames):
+            if not atoms.pbc.all():
+                raise DataError(f"{path}: frame {k} is not a periodic crystal (pbc={atoms.pbc.tolist()}).")
+            ids.append(path.stem if len(frames) == 1 else f"{path.stem}-{k}")
+            structures.append(AseAtomsAdaptor.get_structure(atoms))
+    if len(set(ids)) != len(ids):
+        raise DataError("two input files have the same name stem; predictions are keyed by it, rename one.")
+    return PropertyTable("predict", "", "", ", ".join(map(str, paths)), ids, structures, np.full(len(ids), np.nan))

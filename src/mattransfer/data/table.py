@@ -33,6 +33,15 @@ class PropertyTable:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def subset(self, ids: list[str]) -> PropertyTable:
+        """The rows of ``ids``, in table order."""
+        keep = set(ids)
+        rows = [k for k, i in enumerate(self.ids) if i in keep]
+        return PropertyTable(
+            self.name, self.target, self.unit, self.source, [self.ids[k] for k in rows],
+            [self.structures[k] for k in rows], self.y[rows], dict(self.dropped),
+        )
+
     @classmethod
     def from_frame(
         cls,

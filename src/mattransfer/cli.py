@@ -1,0 +1,178 @@
+"""``mattransfer`` command line: train, eval, predict, datasets, demo, study, report."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from mattransfer.errors import MattransferError
+
+log = logging.getLogger("mattransfer")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.quiet)
+    try:
+        return args.handler(args) or 0
+    except MattransferError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished results are kept; run the same command again to resume.", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mattransfer",
+        description="Transfer learning for small materials-property datasets with crystal graph networks.",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no progress bars")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="pre-train, or fine-tune when the options have a `finetune` section",
+                                description="Train a model from an options YAML (metatrain-style).")
+    train.add_argument("options", type=Path, help="options YAML (see configs/)")
+    train.add_argument("--output-dir", type=Path, help="override output_dir")
+    train.add_argument("--device", help="override device (auto, cpu, cuda)")
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("eval", help="test a checkpoint on a dataset's fixed test set",
+                                   description="Evaluate a checkpoint; metrics in the target's unit.")
+    evaluate.add_argument("checkpoint", type=Path)
+    _add_data_arguments(evaluate)
+    evaluate.add_argument("--subset", choices=["test", "all"], default="test",
+                          help="the dataset's fixed test set (default) or every row")
+    evaluate.add_argument("--predictions", type=Path, help="also write per-structure predictions to this CSV")
+    evaluate.set_defaults(handler=_eval)
+
+    predict = commands.add_parser("predict", help="predict structures from CIF/POSCAR/extxyz files into a CSV",
+                                  description="Predict the checkpoint's property for structure files.")
+    predict.add_argument("checkpoint", type=Path)
+    predict.add_argument("files", type=Path, nargs="+", help="CIF, POSCAR or (ext)xyz files")
+    predict.add_argument("-o", "--output", type=Path, default=Path("predictions.csv"))
+    predict.set_defaults(handler=_predict)
+
+    datasets = commands.add_parser("datasets", help="list the dataset keys, sizes, targets and sources")
+    datasets.add_argument("--data-sources", type=Path, help="data-sources YAML (default: $MATTRANSFER_DATA_SOURCES)")
+    datasets.set_defaults(handler=_datasets)
+
+    demo = commands.add_parser("demo", help="pre-train → fine-tune (all methods) → evaluate on the embedded demo data",
+                               description="Runs in a few minutes on a laptop CPU; no download.")
+    demo.add_argument("--output-dir", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--epochs", type=int, default=200, help="max epochs per training")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="a dataset key (see `mattransfer datasets`) or a data file")
+    parser.add_argument("--target", help="target column / atoms.info key (data files only)")
+    parser.add_argument("--unit", default="", help="target unit (data files only)")
+    parser.add_argument("--data-sources", type=Path, help="data-sources YAML (default: $MATTRANSFER_DATA_SOURCES)")
+    parser.add_argument("--test-seed", type=int, default=0, help="seed of the fixed test set")
+
+
+def _setup_logging(quiet: bool) -> None:
+    from rich.logging import RichHandler
+
+    handler = RichHandler(show_path=False, show_time=False, markup=False)
+    log.handlers[:] = [handler]
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+def _sources(path: Path | None):
+    from mattransfer.data.registry import DataSources
+
+    return DataSources.from_yaml(path) if path else DataSources.from_env()
+
+
+def _train(args: argparse.Namespace) -> None:
+    from mattransfer.config import load_config
+    from mattransfer.training.run import run
+
+    overrides = {k: v for k, v in (("output_dir", args.output_dir), ("device", args.device)) if v is not None}
+    config = load_config(args.options, {k: str(v) for k, v in overrides.items()})
+    summary = run(config, progress=not args.quiet)
+    print(f"{summary['method']} {summary['dataset']}: test MAE {summary['test']['mae']:.4g} {summary['unit']}"
+          f" (RMSE {summary['test']['rmse']:.4g}, R² {summary['test']['r2']:.3f});"
+          f" run directory {config.output_dir}")
+
+
+def _eval(args: argparse.Namespace) -> None:
+    import json
+
+    import pandas as pd
+
+    from mattransfer.data.splits import fixed_test_ids
+    from mattransfer.models.model import TransferModel
+    from mattransfer.training.metrics import regression_metrics
+    from mattransfer.training.run import load_table, predict_structures
+
+    model = TransferModel.load(args.checkpoint)
+    table = load_table(_data_config(args), _sources(args.data_sources))
+    if args.subset == "test":
+        table = table.subset(fixed_test_ids(table.ids, seed=args.test_seed))
+    predictions = predict_structures(model, table)
+    metrics = regression_metrics(table.y, predictions)
+    if args.predictions:
+        pd.DataFrame({"id": table.ids, "target": table.y, "prediction": predictions}).to_csv(args.predictions, index=False)
+    print(json.dumps({"checkpoint": str(args.checkpoint), "data": table.name, "subset": args.subset,
+                      "unit": table.unit, **metrics}, indent=2))
+
+
+def _data_config(args: argparse.Namespace):
+    from mattransfer.config import DataConfig
+    from mattransfer.data.registry import REGISTRY
+    from mattransfer.errors import ConfigError
+
+    if args.data in REGISTRY:
+        return DataConfig(dataset=args.data, test_seed=args.test_seed)
+    if args.target is None:
+        raise ConfigError(f"--data {args.data!r} is not a dataset key, so it is read as a file and needs --target.")
+    return DataConfig(read_from=Path(args.data), target=args.target, unit=args.unit, test_seed=args.test_seed)
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from mattransfer.data.readers import read_structures
+    from mattransfer.models.model import TransferModel
+    from mattransfer.training.run import predict_structures
+
+    model = TransferModel.load(args.checkpoint)
+    table = read_structures(args.files)
+    predictions = predict_structures(model, table)
+    column = f"{model.target['name']} [{model.target['unit']}]"
+    with open(args.output, "w") as handle:
+        handle.write(f"id,formula,{column}\n")
+        for row_id, structure, value in zip(table.ids, table.structures, predictions):
+            handle.write(f"{row_id},{structure.composition.reduced_formula},{value:.6g}\n")
+    print(f"wrote {len(table)} predictions of {column} to {args.output}")
+
+
+def _datasets(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from mattransfer.data.registry import REGISTRY
+
+    sources = _sources(args.data_sources)
+    table = Table("key", "description", "target", "unit", "rows", "loads from")
+    for key, spec in REGISTRY.items():
+        resolved = sources.spec(key)
+        table.add_row(key, spec.description, resolved.target, spec.unit, sources.size(key), sources.location(key))
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from mattransfer.demo import run_demo
+
+    run_demo(args.output_dir, max_epochs=args.epochs, progress=not args.quiet)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
