@@ -81,8 +81,9 @@ def _setup_logging(quiet: bool) -> None:
     from rich.logging import RichHandler
 
     handler = RichHandler(show_path=False, show_time=False, markup=False)
+    handler.setLevel(logging.WARNING if quiet else logging.INFO)  # run logs still get INFO
     log.handlers[:] = [handler]
-    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.setLevel(logging.INFO)
     log.propagate = False
 
 

@@ -1,0 +1,152 @@
+"""The model: checkpoints that round-trip exactly, LoRA that starts as a no-op, deterministic runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mattransfer.data.registry import DataSources
+from mattransfer.errors import ConfigError
+from mattransfer.graphs.build import cached_graphs
+from mattransfer.models.lora import LINEAR_TYPES, LoRALinear
+from mattransfer.models.model import ModelConfig, TransferModel
+from mattransfer.training.run import predict_structures, run
+
+
+@pytest.fixture
+def volume_batch(volume_data):
+    return volume_data.graphs.batch(torch.arange(40))
+
+
+def _assert_same_state(a: TransferModel, b: TransferModel) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+def test_checkpoint_round_trip_plain(pretrained, volume_batch, tmp_path):
+    pretrained.eval()
+    expected = pretrained.predict(volume_batch)
+    path = tmp_path / "plain.ckpt"
+    pretrained.save(path, note="extra metadata")
+    loaded = TransferModel.load(path).eval()
+
+    assert torch.equal(loaded.predict(volume_batch), expected)
+    _assert_same_state(loaded, pretrained)
+    # The standardisation and what it predicts survive; they are the pre-training's, not defaults.
+    assert loaded.target == {"dataset": "demo_energy", "name": "energy_per_atom", "unit": "eV/atom"}
+    assert torch.equal(loaded.target_mean, pretrained.target_mean) and float(loaded.target_mean) != 0.0
+    assert torch.equal(loaded.target_std, pretrained.target_std) and float(loaded.target_std) != 1.0
+    assert loaded.graphs == pretrained.graphs
+    assert loaded.config == pretrained.config
+    assert torch.load(path, weights_only=False)["note"] == "extra metadata"
+
+
+def test_checkpoint_round_trip_lora(pretrained, finetune, volume_batch, tmp_path):
+    model, _ = finetune(pretrained, "lora", rank=2, alpha=4.0)
+    model.eval()
+    assert any(torch.count_nonzero(m.lora_b.detach()) > 0 for m in model.modules() if isinstance(m, LoRALinear))
+    expected = model.predict(volume_batch)
+    path = tmp_path / "lora.ckpt"
+    model.save(path)
+    loaded = TransferModel.load(path).eval()
+
+    assert torch.equal(loaded.predict(volume_batch), expected)
+    _assert_same_state(loaded, model)
+    assert loaded.lora == {"rank": 2, "alpha": 4.0}
+    assert loaded.target == model.target == {"dataset": "demo_volume", "name": "volume_per_atom", "unit": "A^3/atom"}
+    assert torch.equal(loaded.target_mean, model.target_mean)
+    assert torch.equal(loaded.target_std, model.target_std)
+    # Freezing belongs to a run, not to weights: a loaded model starts unfrozen, LoRA bases excepted.
+    assert loaded.frozen == []
+    assert all(not m.base.weight.requires_grad for m in loaded.modules() if isinstance(m, LoRALinear))
+    wrapped = [m for m in loaded.encoder.modules() if isinstance(m, LoRALinear)]
+    assert wrapped and all(m.scale == 2.0 for m in wrapped)
+
+
+def test_lora_injection_is_a_no_op(pretrained_ckpt, volume_batch):
+    plain = TransferModel.load(pretrained_ckpt).eval()
+    adapted = TransferModel.load(pretrained_ckpt)
+    wrapped = adapted.add_lora(rank=4, alpha=8.0)
+    adapted.eval()
+    # Every linear layer of the encoder is wrapped (CGConv's lin_f and lin_s in each layer).
+    assert len(wrapped) == 2 * len(adapted.encoder.layers)
+    for name, module in adapted.encoder.named_modules():
+        if isinstance(module, LINEAR_TYPES):
+            assert name.endswith(".base"), f"{name} was not wrapped"
+    assert torch.equal(adapted.predict(volume_batch), plain.predict(volume_batch))
+    # ... and the adapters do act once B is non-zero.
+    with torch.no_grad():
+        for module in adapted.modules():
+            if isinstance(module, LoRALinear):
+                module.lora_b.normal_()
+    assert not torch.equal(adapted.predict(volume_batch), plain.predict(volume_batch))
+
+
+def test_set_target_standardises_on_train_values(graph_settings):
+    model = TransferModel(ModelConfig(), graph_settings)
+    model.set_target("d", "y", "eV", torch.tensor([1.0, 3.0, 5.0], dtype=torch.float64))
+    assert float(model.target_mean) == 3.0 and float(model.target_std) == 2.0
+    model.set_target("d", "y", "eV", torch.tensor([4.0, 4.0], dtype=torch.float64))
+    assert float(model.target_std) == 1.0  # constant targets: no division by zero
+
+
+def test_load_errors_name_the_checkpoint(tmp_path):
+    with pytest.raises(ConfigError, match="missing.ckpt"):
+        TransferModel.load(tmp_path / "missing.ckpt")
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ConfigError, match="garbage.ckpt"):
+        TransferModel.load(garbage)
+    other = tmp_path / "other.ckpt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(ConfigError, match="other.ckpt"):
+        TransferModel.load(other)
+
+
+def test_predict_structures_matches_model_predict(pretrained, demo_volume, volume_batch):
+    predictions = predict_structures(pretrained, demo_volume, batch_size=7)
+    assert predictions.shape == (len(demo_volume),)
+    torch.testing.assert_close(torch.from_numpy(predictions[:40]), pretrained.eval().predict(volume_batch))
+
+
+def test_run_is_deterministic_on_cpu(make_config, tmp_path):
+    first = run(make_config(tmp_path / "a"), progress=False)
+    second = run(make_config(tmp_path / "b"), progress=False)
+    for part in ("train", "val", "test"):
+        assert first[part] == second[part]
+    assert first["best_epoch"] == second["best_epoch"]
+    assert (tmp_path / "a" / "split.json").read_text() == (tmp_path / "b" / "split.json").read_text()
+    assert (tmp_path / "a" / "history.csv").read_text() == (tmp_path / "b" / "history.csv").read_text()
+    _assert_same_state(TransferModel.load(tmp_path / "a" / "model.ckpt"), TransferModel.load(tmp_path / "b" / "model.ckpt"))
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["test"] == first["test"]
+
+    other = run(make_config(tmp_path / "c", seed=1), progress=False)
+    split_a = json.loads((tmp_path / "a" / "split.json").read_text())
+    split_c = json.loads((tmp_path / "c" / "split.json").read_text())
+    assert split_a["test"] == split_c["test"]  # the fixed test set
+    assert split_a["train"] != split_c["train"]  # the seed does matter
+    assert other["test"]["n"] == first["test"]["n"]
+
+
+def test_run_writes_a_complete_run_directory(make_config, tmp_path):
+    out = tmp_path / "full"
+    summary = run(make_config(out), progress=False)
+    for name in ("config.yaml", "split.json", "history.csv", "model.ckpt", "metrics.json", "train.log"):
+        assert (out / name).is_file(), name
+    assert summary["n_train"] + summary["n_val"] == 60
+    assert summary["n_test"] == 30  # ceil(10% of 300)
+    assert summary["method"] == "pretrain"
+    assert len((out / "history.csv").read_text().splitlines()) == 1 + summary["epochs_run"]
+    # The checkpoint is the best-validation model: re-evaluating it reproduces the test metrics.
+    model = TransferModel.load(out / "model.ckpt")
+    split = json.loads((out / "split.json").read_text())
+    table = DataSources().load("demo_energy")
+    graphs = cached_graphs(table, model.graphs, progress=False)
+    positions = graphs.positions(split["test"])
+    predictions = model.eval().predict(graphs.batch(positions)).numpy()
+    mae = float(abs(predictions - table.y[positions.numpy()]).mean())
+    assert mae == pytest.approx(summary["test"]["mae"], rel=1e-6)
