@@ -66,6 +66,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-dir", type=Path, default=Path("runs/demo"))
     demo.add_argument("--epochs", type=int, default=200, help="max epochs per training")
     demo.set_defaults(handler=_demo)
+
+    study = commands.add_parser("study", help="run the transfer study (Parts 1-4): resumable grids of trainings",
+                                description="Run, inspect or copy a study. Presets: quick (embedded demo), paper.")
+    study_commands = study.add_subparsers(dest="study_command", required=True, metavar="STUDY_COMMAND")
+    study_run = study_commands.add_parser("run", help="run every task not yet done (resumes a killed study)")
+    study_run.add_argument("spec", help="a study YAML or a preset name (quick, paper)")
+    study_run.add_argument("--out", type=Path, required=True, help="study directory (results, tasks, report)")
+    study_run.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
+    study_run.add_argument("--scheduler", help="Dask scheduler address tcp://HOST:PORT instead of local processes")
+    study_run.add_argument("--report", action="store_true", help="write the report when the study finishes")
+    study_run.set_defaults(handler=_study_run)
+    study_status = study_commands.add_parser("status", help="counts of done / failed / remaining tasks")
+    study_status.add_argument("study_dir", type=Path)
+    study_status.set_defaults(handler=_study_status)
+    study_preset = study_commands.add_parser("preset", help="copy a preset to a YAML file to edit")
+    study_preset.add_argument("name", help="preset name (quick, paper)")
+    study_preset.add_argument("path", type=Path)
+    study_preset.set_defaults(handler=_study_preset)
+
+    report = commands.add_parser("report", help="write the study's Markdown/HTML report with figures")
+    report.add_argument("study_dir", type=Path)
+    report.set_defaults(handler=_report)
     return parser
 
 
@@ -173,6 +195,41 @@ def _demo(args: argparse.Namespace) -> None:
     from mattransfer.demo import run_demo
 
     run_demo(args.output_dir, max_epochs=args.epochs, progress=not args.quiet)
+
+
+def _study_run(args: argparse.Namespace) -> int:
+    from mattransfer.study import load_spec, run_study
+
+    summary = run_study(load_spec(args.spec), args.out, workers=args.workers, scheduler=args.scheduler,
+                        progress=not args.quiet)
+    _print_counts(summary)
+    if args.report:
+        _report(argparse.Namespace(study_dir=args.out))
+    return 1 if summary["failed"] else 0
+
+
+def _study_status(args: argparse.Namespace) -> None:
+    from mattransfer.study import study_status
+
+    _print_counts(study_status(args.study_dir))
+
+
+def _print_counts(counts: dict) -> None:
+    import json
+
+    print(json.dumps(counts, indent=2))
+
+
+def _study_preset(args: argparse.Namespace) -> None:
+    from mattransfer.study import write_preset
+
+    print(f"wrote {write_preset(args.name, args.path)}")
+
+
+def _report(args: argparse.Namespace) -> None:
+    from mattransfer.report import write_report
+
+    print(f"wrote {write_report(args.study_dir)}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ CHECKPOINT_FORMAT = 1
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    encoder: dict[str, Any] = Field(default_factory=lambda: {"name": "cgcnn"})
+    encoder: dict[str, Any] = Field(default_factory=lambda: {"name": "cgcnn"}, validate_default=True)
     head: HeadConfig = Field(default_factory=HeadConfig)
 
     @field_validator("encoder")
@@ -38,8 +38,10 @@ class ModelConfig(BaseModel):
 class TransferModel(nn.Module):
     """``encoder`` (graph → latent) and ``head`` (latent → standardised target).
 
+    An optional ``aux_head`` (latent → class logits) serves structure-biased pre-training only.
     ``frozen`` names submodules that fine-tuning froze; they stay in eval mode in training so that
-    batch-norm statistics are frozen along with the weights.
+    batch-norm statistics are frozen along with the weights. Freezing is a property of a training run,
+    not of the weights: a loaded model starts with nothing frozen (LoRA base weights excepted).
     """
 
     def __init__(self, config: ModelConfig, graphs: GraphSettings) -> None:
@@ -55,9 +57,15 @@ class TransferModel(nn.Module):
         self.target: dict[str, str] = {"name": "", "unit": "", "dataset": ""}
         self.frozen: list[str] = []
         self.lora: dict[str, float] | None = None
+        self.aux_head: MLPHead | None = None
 
     def forward(self, batch: GraphBatch) -> Tensor:
         return self.head(self.encoder(batch))
+
+    def forward_with_aux(self, batch: GraphBatch) -> tuple[Tensor, Tensor]:
+        """The regression output and the auxiliary head's class logits, from one encoder pass."""
+        latent = self.encoder(batch)
+        return self.head(latent), self.aux_head(latent)
 
     @torch.no_grad()
     def predict(self, batch: GraphBatch) -> Tensor:
@@ -73,6 +81,14 @@ class TransferModel(nn.Module):
 
     def reset_head(self) -> None:
         self.head = MLPHead(self.encoder.out_dim, self.config.head)
+
+    def add_aux_head(self, n_classes: int) -> None:
+        """A classifier from the latent, trained beside the regression head (structure-biased pre-training)."""
+        self.aux_head = MLPHead(self.encoder.out_dim, self.config.head, out_dim=n_classes)
+
+    def drop_aux_head(self) -> None:
+        """Fine-tuning has no use for the auxiliary classifier."""
+        self.aux_head = None
 
     def freeze(self, names: list[str]) -> None:
         for name in names:
@@ -111,8 +127,8 @@ class TransferModel(nn.Module):
             "model": self.config.model_dump(),
             "graphs": self.graphs.model_dump(),
             "target": self.target,
-            "frozen": self.frozen,
             "lora": self.lora,
+            "aux_classes": self.aux_head[-1].out_features if self.aux_head is not None else None,
             "state_dict": self.state_dict(),
             **extra,
         }
@@ -135,7 +151,9 @@ class TransferModel(nn.Module):
         model = cls(ModelConfig(**checkpoint["model"]), GraphSettings(**checkpoint["graphs"]))
         if checkpoint["lora"]:
             model.add_lora(int(checkpoint["lora"]["rank"]), checkpoint["lora"]["alpha"])
+        if checkpoint.get("aux_classes"):
+            model.add_aux_head(int(checkpoint["aux_classes"]))
         model.load_state_dict(checkpoint["state_dict"])
         model.target = checkpoint["target"]
-        model.frozen = list(checkpoint["frozen"])
+        model.frozen.clear()  # add_lora froze batch norms for its run; this model has not been fine-tuned yet
         return model

@@ -75,8 +75,14 @@ def train_and_test(
     run_dir: Path | None = None,
     progress: bool = True,
     description: str = "training",
+    aux_labels: torch.Tensor | None = None,
+    aux_weight: float = 0.0,
 ) -> tuple[FitResult, dict]:
-    """Standardise on the train split, fit with early stopping, and test the best-validation model."""
+    """Standardise on the train split, fit with early stopping, and test the best-validation model.
+
+    ``aux_labels`` (a class index per row of ``data``) and ``aux_weight`` add the auxiliary
+    classification loss of structure-biased pre-training (see `fit`).
+    """
     assert_disjoint(split.train, split.val, split.test)
     model.encoder.check_elements(data.graphs)
     y = data.targets()
@@ -88,8 +94,10 @@ def train_and_test(
         name: Batches(data.graphs, pos, y_std[pos], training.batch_size, device)
         for name, pos in (("train", train_pos), ("val", val_pos), ("test", test_pos))
     }
+    if aux_labels is not None:
+        batches["train"].labels = aux_labels[train_pos]
     result = fit(
-        model, batches["train"], batches["val"], groups, training, seed=seed,
+        model, batches["train"], batches["val"], groups, training, seed=seed, aux_weight=aux_weight,
         history_csv=run_dir / "history.csv" if run_dir else None, progress=progress, description=description,
     )
     metrics = {name: evaluate(model, b, y) for name, b in batches.items()}
@@ -97,11 +105,15 @@ def train_and_test(
 
 
 @torch.no_grad()
+def predict_batches(model: TransferModel, batches: Batches) -> torch.Tensor:
+    """Predictions in the target's physical unit, in the order of ``batches.positions``."""
+    model.eval()
+    return torch.cat([model.predict(b).cpu() for b, *_ in batches.epoch()])
+
+
 def evaluate(model: TransferModel, batches: Batches, y: torch.Tensor) -> dict[str, float]:
     """Metrics of ``model`` on a subset, in the target's physical unit."""
-    model.eval()
-    predictions = torch.cat([model.predict(b).cpu() for b, _ in batches.epoch()])
-    return regression_metrics(y[batches.positions].numpy(), predictions.numpy())
+    return regression_metrics(y[batches.positions].numpy(), predict_batches(model, batches).numpy())
 
 
 @contextmanager
@@ -146,6 +158,7 @@ def run(config: TrainConfig, progress: bool = True) -> dict:
         if pretrained is None:
             model = TransferModel(config.model, graph_settings)
         else:
+            pretrained.drop_aux_head()
             _check_inherit_head(pretrained, table, options)
             model = METHODS[config.finetune.method][1](pretrained, options)
         groups = param_groups(model, options, config.training.lr)
@@ -189,5 +202,4 @@ def predict_structures(model: TransferModel, table: PropertyTable, batch_size: i
     model.encoder.check_elements(graphs)
     positions = torch.arange(len(graphs))
     batches = Batches(graphs, positions, torch.zeros(len(graphs)), batch_size, torch.device("cpu"))
-    model.eval()
-    return torch.cat([model.predict(b) for b, _ in batches.epoch()]).numpy()
+    return predict_batches(model, batches).numpy()

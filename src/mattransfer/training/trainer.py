@@ -50,21 +50,29 @@ LOSSES = {"l1": nn.functional.l1_loss, "mse": nn.functional.mse_loss}
 
 
 class Batches:
-    """Fixed mini-batches of a subset of a store, cut once and moved to ``device`` once."""
+    """Fixed mini-batches of a subset of a store, cut once and moved to ``device`` once.
 
-    def __init__(self, store: GraphStore, positions: Tensor, y: Tensor, batch_size: int, device: torch.device):
-        self.store, self.positions, self.y = store, positions, y
+    A mini-batch is ``(graphs, y)``, or ``(graphs, y, labels)`` when the subset has ``labels``: class
+    indices of an auxiliary task (structure-biased pre-training).
+    """
+
+    def __init__(self, store: GraphStore, positions: Tensor, y: Tensor, batch_size: int, device: torch.device,
+                 labels: Tensor | None = None):
+        self.store, self.positions, self.y, self.labels = store, positions, y, labels
         self.batch_size, self.device = batch_size, device
 
     def __len__(self) -> int:
         return len(self.positions)
 
-    def epoch(self, generator: torch.Generator | None = None) -> list[tuple[GraphBatch, Tensor]]:
+    def epoch(
+        self, generator: torch.Generator | None = None
+    ) -> list[tuple[GraphBatch, Tensor] | tuple[GraphBatch, Tensor, Tensor]]:
         """Mini-batches of near-equal size (no straggler batch of one graph); shuffled with ``generator``."""
         order = torch.randperm(len(self.positions), generator=generator) if generator else torch.arange(len(self))
         n_batches = math.ceil(len(self) / self.batch_size)
+        per_graph = (self.y,) if self.labels is None else (self.y, self.labels)
         return [
-            (self.store.batch(self.positions[chunk]).to(self.device), self.y[chunk].to(self.device))
+            (self.store.batch(self.positions[chunk]).to(self.device), *(t[chunk].to(self.device) for t in per_graph))
             for chunk in torch.tensor_split(order, n_batches)
         ]
 
@@ -77,11 +85,16 @@ def fit(
     options: TrainingOptions,
     *,
     seed: int,
+    aux_weight: float = 0.0,
     history_csv: Path | None = None,
     progress: bool = True,
     description: str = "training",
 ) -> FitResult:
-    """Train ``model`` in place on standardised targets; on return it holds its best-validation weights."""
+    """Train ``model`` in place on standardised targets; on return it holds its best-validation weights.
+
+    With ``train.labels`` and ``aux_weight`` > 0 the training loss adds ``aux_weight`` × the
+    cross-entropy of the model's auxiliary head; validation (early stopping) stays on the target alone.
+    """
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(param_groups, lr=options.lr, weight_decay=options.weight_decay)
     loss_fn = LOSSES[options.loss]
@@ -89,6 +102,7 @@ def fit(
     best = {"loss": math.inf, "epoch": -1, "state": copy.deepcopy(model.state_dict())}
     history: list[dict[str, float]] = []
     start = time.perf_counter()
+    history_writer = _HistoryWriter(history_csv)
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}")]
     with Progress(*columns, disable=not progress, transient=True) as bar:
@@ -96,26 +110,61 @@ def fit(
         for epoch in range(options.max_epochs):
             model.train()
             train_loss = 0.0
-            for batch, y in train.epoch(generator):
+            for batch, y, *labels in train.epoch(generator):
                 optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(model(batch), y)
+                loss = training_loss(model, batch, y, loss_fn, aux_weight, *labels)
                 loss.backward()
                 optimizer.step()
                 train_loss += loss.item() * batch.num_graphs
             val_loss = evaluate_loss(model, val_batches, loss_fn)
             history.append({"epoch": epoch, "train_loss": train_loss / len(train), "val_loss": val_loss})
+            history_writer.write(history[-1])
             if val_loss < best["loss"]:
                 best = {"loss": val_loss, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
             bar.update(task, advance=1, status=f"val {val_loss:.4f} best {best['loss']:.4f} @ {best['epoch']}")
+            if epoch % 25 == 0:
+                log.info("%s: epoch %d, train %.4f, val %.4f, best %.4f @ %d (%.0f s)", description, epoch,
+                         history[-1]["train_loss"], val_loss, best["loss"], best["epoch"], time.perf_counter() - start)
             if epoch - best["epoch"] >= options.patience:
                 break
+    history_writer.close()
     model.load_state_dict(best["state"])
-    if history_csv is not None:
-        with open(history_csv, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["epoch", "train_loss", "val_loss"])
-            writer.writeheader()
-            writer.writerows(history)
     return FitResult(best["epoch"], len(history), best["loss"], time.perf_counter() - start, history)
+
+
+class _HistoryWriter:
+    """Per-epoch losses appended to a CSV as training goes, so a long run can be watched."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.handle = open(path, "w", newline="") if path else None
+        if self.handle:
+            self.writer = csv.DictWriter(self.handle, fieldnames=["epoch", "train_loss", "val_loss"])
+            self.writer.writeheader()
+
+    def write(self, row: dict[str, float]) -> None:
+        if self.handle:
+            self.writer.writerow(row)
+            self.handle.flush()
+
+    def close(self) -> None:
+        if self.handle:
+            self.handle.close()
+
+
+def training_loss(model: nn.Module, batch: GraphBatch, y: Tensor, loss_fn, aux_weight: float = 0.0,
+                  labels: Tensor | None = None) -> Tensor:
+    """The regression loss, plus ``aux_weight`` × cross-entropy of the auxiliary head on ``labels``.
+
+    ``aux_weight == 0`` skips the auxiliary head altogether: exactly plain training.
+    """
+    if labels is None or aux_weight == 0:
+        return loss_fn(model(batch), y)
+    prediction, logits = model.forward_with_aux(batch)
+    labelled = labels >= 0  # spglib can fail on a structure; it then has no label
+    loss = loss_fn(prediction, y)
+    if labelled.any():
+        loss = loss + aux_weight * nn.functional.cross_entropy(logits[labelled], labels[labelled])
+    return loss
 
 
 @torch.no_grad()

@@ -1,0 +1,120 @@
+"""A study's datasets, prepared once by the main process and read by every worker.
+
+The main process loads each table (structures and all), featurizes it through the graph cache and
+writes what training needs into the study directory: graphs, targets and, for structure-biased
+pre-training, Bravais labels. Workers read only those files, never the structures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mattransfer.data.registry import DataSources
+from mattransfer.data.splits import fixed_test_ids
+from mattransfer.data.symmetry import cached_bravais_labels
+from mattransfer.data.table import PropertyTable
+from mattransfer.graphs.build import GraphSettings, cached_graphs, structures_hash
+from mattransfer.graphs.store import GraphStore
+from mattransfer.study.layout import StudyDir, write_atomic, write_json
+from mattransfer.study.spec import StudySpec
+from mattransfer.training.run import Dataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """What tasks need to know of a dataset, and where its prepared files are."""
+
+    key: str
+    target: str
+    unit: str
+    fingerprint: str  # content hash of ids, structures, graph settings and targets
+    n_rows: int
+    pool: int  # samples outside the fixed test set: the most a subset can draw
+    path: Path
+    has_labels: bool = False  # Bravais labels prepared
+
+
+def fingerprint(table: PropertyTable, settings: GraphSettings) -> str:
+    digest = hashlib.sha256(structures_hash(table, settings).encode())
+    digest.update(np.ascontiguousarray(table.y, dtype=np.float64).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def prepare_datasets(
+    spec: StudySpec, study: StudyDir, labels_for: set[str], progress: bool = True
+) -> dict[str, PreparedData]:
+    """Load and prepare every dataset of ``spec``; Bravais labels for the keys in ``labels_for``.
+
+    Also writes each dataset's fixed test ids and the datasets' property relatedness.
+    """
+    sources = DataSources.from_yaml(spec.data_sources) if spec.data_sources else DataSources.from_env()
+    tables, prepared = {}, {}
+    for key in spec.datasets:
+        table = sources.load(key)
+        log.info("data %s: %d rows from %s (dropped: %s)", key, len(table), table.source, table.dropped or "none")
+        prepared[key] = _prepare(table, spec, study, key in labels_for, progress)
+        tables[key] = table
+    _write_relatedness(tables, {key: p.fingerprint for key, p in prepared.items()}, study)
+    return prepared
+
+
+def _prepare(table: PropertyTable, spec: StudySpec, study: StudyDir, labels: bool, progress: bool) -> PreparedData:
+    test = fixed_test_ids(table.ids, spec.test_fraction, spec.test_seed)
+    study.test_ids_file(table.name).parent.mkdir(parents=True, exist_ok=True)
+    write_json(study.test_ids_file(table.name),
+               {"dataset": table.name, "test_fraction": spec.test_fraction, "test_seed": spec.test_seed, "ids": test})
+    content = fingerprint(table, spec.graphs)
+    path = study.data_dir(table.name, content)
+    path.mkdir(parents=True, exist_ok=True)
+    if not (path / "targets.pt").exists():  # written last: its presence means the directory is complete
+        cached_graphs(table, spec.graphs, progress).save(path / "graphs.pt")
+        _save_tensor(torch.from_numpy(table.y), path / "targets.pt")
+    if labels and not (path / "labels.pt").exists():
+        _save_tensor(torch.from_numpy(cached_bravais_labels(table, spec.graphs, progress)), path / "labels.pt")
+    return PreparedData(table.name, table.target, table.unit, content, len(table), len(table) - len(test), path,
+                        has_labels=(path / "labels.pt").exists())
+
+
+def _save_tensor(tensor: torch.Tensor, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(tensor, tmp)
+    tmp.replace(path)
+
+
+def load_prepared(data: PreparedData) -> tuple[Dataset, torch.Tensor | None]:
+    """The dataset as training needs it, and its Bravais labels if prepared (worker side)."""
+    graphs = GraphStore.load(data.path / "graphs.pt")
+    y = torch.load(data.path / "targets.pt", weights_only=True).numpy()
+    # Training reads ids, targets and graphs; the structures stay with the main process.
+    table = PropertyTable(name=data.key, target=data.target, unit=data.unit, source=str(data.path),
+                          ids=list(graphs.ids), structures=[], y=y)
+    labels = torch.load(data.path / "labels.pt", weights_only=True) if data.has_labels else None
+    return Dataset(table, graphs), labels
+
+
+def _write_relatedness(tables: dict[str, PropertyTable], fingerprints: dict[str, str], study: StudyDir) -> None:
+    """``relatedness.csv``, recomputed only when the datasets changed (it runs spglib on shared formulas)."""
+    computed_from = json.dumps(fingerprints, sort_keys=True)
+    marker = study.relatedness_key_file
+    if study.relatedness_file.exists() and marker.exists() and marker.read_text() == computed_from:
+        return
+    try:
+        from mattransfer.study.relatedness import property_relatedness
+    except ModuleNotFoundError as exc:
+        if exc.name != "mattransfer.study.relatedness":
+            raise
+        log.info("mattransfer.study.relatedness is not installed: %s not written", study.relatedness_file.name)
+        return
+    frame: pd.DataFrame = property_relatedness(tables)
+    write_atomic(study.relatedness_file, frame.to_csv(index=not isinstance(frame.index, pd.RangeIndex)))
+    write_atomic(marker, computed_from)

@@ -1,0 +1,176 @@
+"""`run_study`: prepare the data, plan the tasks, run what is missing, keep the results current.
+
+A task is done when its ``result.json`` exists; nothing done is run again, so a study stopped at any
+point (kill -9 included) resumes with what is missing. Failed tasks are retried on the next run.
+Fine-tunes wait for their pre-training; Part 2 is planned once the Part 1 results it reads are in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from mattransfer.errors import MattransferError
+from mattransfer.study.data import PreparedData, prepare_datasets
+from mattransfer.study.executors import open_executor
+from mattransfer.study.layout import StudyDir, write_atomic, write_json
+from mattransfer.study.results import pick_part2_targets, results_table, write_results
+from mattransfer.study.spec import StudySpec
+from mattransfer.study.tasks import Plan, Planner, Task
+from mattransfer.study.worker import run_task
+
+log = logging.getLogger(__name__)
+
+
+def run_study(
+    spec: StudySpec,
+    study_dir: Path | str,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run every task of ``spec`` not yet done in ``study_dir``; return the study's counts.
+
+    ``workers`` local processes (default: one per core), or the Dask cluster at ``scheduler``
+    (``tcp://host:port``). The summary adds to `study_status` how many tasks ran now and the time.
+    A script calling this needs the ``if __name__ == "__main__":`` guard of multiprocessing.
+    """
+    start = time.perf_counter()
+    study = StudyDir(study_dir)
+    study.root.mkdir(parents=True, exist_ok=True)
+    write_atomic(study.spec_file, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    labels_for = {spec.part4.source} if spec.part4.enabled and any(spec.part4.lambdas) else set()
+    data = prepare_datasets(spec, study, labels_for, progress)
+    run = _StudyRun(spec, study, data)
+    with open_executor(workers, scheduler) as (executor, slots), _progress_bar(progress) as bar:
+        run.drive(executor, slots, bar)
+    if spec.part2.enabled and not run.part2_planned:
+        log.warning("Part 2 is not planned: Part 1 tasks it picks targets from did not finish; run the study again.")
+    summary = {**_counts(run.plan, study), "ran": sum(run.ran.values()), "ran_done": run.ran["done"],
+               "ran_failed": run.ran["failed"], "blocked": len(run.pending),
+               "wall_seconds": round(time.perf_counter() - start, 1)}
+    if run.broken:
+        raise MattransferError(
+            f"a worker process died ({run.broken}); the tasks it was running are recorded as failed."
+            f" Run the study again to resume ({summary['done']} of {summary['tasks']} tasks done). Common"
+            " causes: out of memory, a killed worker, or a script calling run_study without"
+            " `if __name__ == \"__main__\":` (worker processes import the main module)."
+        )
+    return summary
+
+
+def study_status(study_dir: Path | str) -> dict[str, Any]:
+    """Counts of a study's tasks (done, failed, remaining), in all and per part, from its files."""
+    study = StudyDir(study_dir)
+    if not study.plan_file.exists():
+        raise MattransferError(f"{study.root}: not a study directory (no {study.plan_file.name}); run the study first.")
+    return _counts(Plan.from_json(json.loads(study.plan_file.read_text())), study)
+
+
+def _counts(plan: Plan, study: StudyDir) -> dict[str, Any]:
+    def count(tasks: list[Task]) -> dict[str, int]:
+        done = sum(study.is_done(t.hash) for t in tasks)
+        failed = sum(not study.is_done(t.hash) and study.error(t.hash) is not None for t in tasks)
+        return {"tasks": len(tasks), "done": done, "failed": failed, "remaining": len(tasks) - done - failed}
+
+    parts = sorted({p for t in plan for p in t.parts})
+    part2 = json.loads(study.part2_file.read_text()) if study.part2_file.exists() else None
+    return {"study_dir": str(study.root), **count(list(plan)),
+            "parts": {p: count(plan.in_part(p)) for p in parts}, "part2_targets": part2}
+
+
+class _StudyRun:
+    """The state of one run: the plan, tasks pending and running, and what ran."""
+
+    def __init__(self, spec: StudySpec, study: StudyDir, data: dict[str, PreparedData]) -> None:
+        self.spec, self.study, self.data = spec, study, data
+        self.planner = Planner(spec, data)
+        self.plan = self.planner.plan()
+        self.pending = {t.hash: t for t in self.plan if not study.is_done(t.hash)}
+        self.running: dict[Future, Task] = {}
+        self.ran: Counter[str] = Counter()
+        self.part2_planned = False
+        self.broken = ""
+
+    def drive(self, executor: Executor, slots: int, bar: Progress) -> None:
+        """Submit ready tasks (up to ``slots`` at once) until none is left that can run."""
+        self._update(bar)
+        while not self.broken:
+            for task in self._ready()[: slots - len(self.running)]:
+                del self.pending[task.hash]
+                self.running[executor.submit(run_task, task, self.spec, self.data, self.study.root)] = task
+            if not self.running:
+                break
+            finished, _ = wait(self.running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                self._finish(self.running.pop(future), future)
+            self._update(bar)
+        for future, task in self.running.items():  # left only when the pool broke
+            self._finish(task, future)
+
+    def _ready(self) -> list[Task]:
+        """Pending tasks whose pre-training is done; pre-trainings first, largest first."""
+        ready = [t for t in self.pending.values() if t.pretrain is None or self.study.is_done(t.pretrain)]
+        return sorted(ready, key=lambda t: (t.kind != "pretrain", -t.size if t.kind == "pretrain" else 0))
+
+    def _finish(self, task: Task, future: Future) -> None:
+        try:
+            status = future.result()
+        except Exception as exc:  # not the task raising (the worker records that) but the worker lost
+            if isinstance(exc, BrokenProcessPool):
+                self.broken = str(exc)
+            self.study.write_error(task.hash, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+            status = "failed"
+        self.ran[status] += 1
+        if status == "failed":
+            log.warning("failed %s: %s (%s)", task.describe(), self.study.error(task.hash)["error"],
+                        self.study.task_dir(task.hash) / "error.json")
+        else:
+            result = self.study.result(task.hash)
+            log.info("done %s: test MAE %.4g %s (%.1f s)", task.describe(), result["metrics"]["test"]["mae"],
+                     result["unit"], result["wall_seconds"])
+
+    def _update(self, bar: Progress) -> None:
+        """Plan Part 2 if it can be; rewrite the plan and the results table; refresh the counts."""
+        self._plan_part2()
+        write_json(self.study.plan_file, self.plan.to_json())
+        write_results(results_table(self.plan, self.study), self.study)
+        done = sum(self.study.is_done(t.hash) for t in self.plan)
+        bar.update(bar.task_ids[0], total=len(self.plan), completed=done,
+                   counts=f"done {done} · running {len(self.running)} · failed {self.ran['failed']}"
+                          f" · remaining {len(self.pending)}")
+
+    def _plan_part2(self) -> None:
+        """Once the Part 1 results it reads are all in, pick Part 2's targets and add its tasks."""
+        part2 = self.spec.part2
+        if not part2.enabled or self.part2_planned:
+            return
+        if not all(self.study.is_done(t.hash) for t in self.planner.part2_inputs(self.plan)):
+            return
+        picks = pick_part2_targets(results_table(self.plan, self.study), part2.sources, part2.method)
+        write_json(self.study.part2_file, picks)
+        targets = {source: list(dict.fromkeys([p["best"], p["worst"]])) for source, p in picks.items()}
+        log.info("Part 2 targets (by Part 1 mean gain of %s): %s", part2.method, targets)
+        self.planner.part2(self.plan, targets)
+        running = {t.hash for t in self.running.values()}
+        for task in self.plan.in_part(2):
+            if not self.study.is_done(task.hash) and task.hash not in running:
+                self.pending[task.hash] = task
+        self.part2_planned = True
+
+
+def _progress_bar(enabled: bool) -> Progress:
+    bar = Progress(TextColumn("study"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.fields[counts]}"), disable=not enabled)
+    bar.add_task("study", total=None, counts="")
+    return bar

@@ -1,0 +1,207 @@
+"""Tasks: one training each, keyed by a hash of everything that determines its result.
+
+A pre-training or fine-tuning is the same task whichever part asks for it. Parts add tasks to a
+`Plan`, which keeps one task per hash and records every part it belongs to. Subsets are drawn by
+`make_split` from (dataset, size, seed): a scratch baseline trains on the very subset of the
+transfer runs of the same (target, size, seed), and each seed draws its own subsets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Literal
+
+from mattransfer.study.data import PreparedData
+from mattransfer.study.spec import StudySpec
+
+TASK_FORMAT = 1  # bump when a code change alters what a finished task would compute
+
+
+@dataclass
+class Task:
+    """One training: a pre-training, a transfer fine-tune, or a scratch baseline (a fine-tune without source)."""
+
+    kind: Literal["pretrain", "finetune"]
+    dataset: str  # trained and tested on
+    size: int  # samples drawn from the dataset's pool: train + val
+    seed: int
+    method: str  # "pretrain", "scratch" or a fine-tuning method
+    options: dict[str, Any] = field(default_factory=dict)
+    aux_lambda: float | None = 0.0  # of the pre-training; None for scratch, which has none
+    source: str | None = None  # pre-training dataset of a transfer fine-tune
+    pretrain_size: int | None = None
+    pretrain: str | None = None  # hash of the pre-training a transfer fine-tune starts from
+    hash: str = ""
+    parts: set[int] = field(default_factory=set)
+    notes: set[str] = field(default_factory=set)  # caps applied to the requested sizes
+
+    @property
+    def aux_weight(self) -> float:
+        """λ of the auxiliary loss this task trains with: a pre-training's own; fine-tunes have none."""
+        return (self.aux_lambda or 0.0) if self.kind == "pretrain" else 0.0
+
+    def describe(self) -> str:
+        aux = f" λ={self.aux_lambda:g}" if self.aux_lambda else ""
+        if self.kind == "pretrain":
+            return f"pretrain {self.dataset}{aux} n={self.size} seed {self.seed}"
+        if self.method == "scratch":
+            return f"scratch {self.dataset} n={self.size} seed {self.seed}"
+        return f"{self.method} {self.source}{aux}→{self.dataset} n={self.size} seed {self.seed}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "parts": sorted(self.parts), "notes": sorted(self.notes)}
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> Task:
+        return cls(**{**raw, "parts": set(raw["parts"]), "notes": set(raw["notes"])})
+
+
+class Plan:
+    """The study's tasks by hash, in the order they were first added."""
+
+    def __init__(self, tasks: list[Task] | None = None) -> None:
+        self.tasks: dict[str, Task] = {}
+        for task in tasks or []:
+            self.tasks[task.hash] = task
+
+    def add(self, task: Task, part: int) -> Task:
+        """Add ``task`` to ``part``; an equal task already planned is kept and gains the part."""
+        kept = self.tasks.setdefault(task.hash, task)
+        kept.parts.add(part)
+        kept.notes |= task.notes
+        return kept
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(self.tasks.values())
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def in_part(self, part: int) -> list[Task]:
+        return [t for t in self if part in t.parts]
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [t.to_json() for t in self]
+
+    @classmethod
+    def from_json(cls, raw: list[dict[str, Any]]) -> Plan:
+        return cls([Task.from_json(t) for t in raw])
+
+
+class Planner:
+    """Expands a spec's parts into tasks over its prepared datasets."""
+
+    def __init__(self, spec: StudySpec, data: dict[str, PreparedData]) -> None:
+        self.spec, self.data = spec, data
+        self._shared = {
+            "format": TASK_FORMAT,
+            "split": {
+                "test_fraction": spec.test_fraction, "test_seed": spec.test_seed, "val_fraction": spec.val_fraction,
+            },
+            "graphs": spec.graphs.model_dump(),
+            "model": spec.model.model_dump(),
+        }
+
+    def plan(self) -> Plan:
+        """Parts 1, 3 and 4 as enabled. Part 2 waits for Part 1's results (`part2`)."""
+        plan = Plan()
+        if self.spec.part1.enabled:
+            self.part1(plan)
+        if self.spec.part3.enabled:
+            self.part3(plan)
+        if self.spec.part4.enabled:
+            self.part4(plan)
+        return plan
+
+    # Tasks
+
+    def pretrain(self, key: str, requested: int, seed: int, aux_lambda: float = 0.0) -> Task:
+        size, notes = self._capped(key, requested, "pretrain_size")
+        task = Task("pretrain", key, size, seed, "pretrain", aux_lambda=aux_lambda, source=key,
+                    pretrain_size=size, notes=notes)
+        task.hash = self._hash(kind="pretrain", dataset=key, data=self.data[key].fingerprint, size=size, seed=seed,
+                               training=self.spec.pretrain.model_dump(), aux_lambda=aux_lambda)
+        return task
+
+    def finetune(self, pretrain: Task | None, key: str, requested: int, seed: int, method: str,
+                 options: dict[str, Any]) -> Task:
+        """A transfer fine-tune from ``pretrain``, or with ``pretrain=None`` the scratch baseline."""
+        size, notes = self._capped(key, requested, "finetune_size")
+        task = Task("finetune", key, size, seed, method, options, aux_lambda=None, notes=notes)
+        if pretrain is not None:
+            task.source, task.pretrain_size, task.pretrain = pretrain.dataset, pretrain.size, pretrain.hash
+            task.aux_lambda = pretrain.aux_lambda
+            task.notes |= pretrain.notes
+        task.hash = self._hash(kind="finetune", dataset=key, data=self.data[key].fingerprint, size=size, seed=seed,
+                               training=self.spec.finetune.model_dump(), method=method, options=options,
+                               pretrain=task.pretrain)
+        return task
+
+    def scratch(self, key: str, requested: int, seed: int) -> Task:
+        return self.finetune(None, key, requested, seed, "scratch", {})
+
+    def _capped(self, key: str, requested: int, what: str) -> tuple[int, set[str]]:
+        pool = self.data[key].pool
+        if requested <= pool:
+            return requested, set()
+        return pool, {f"{what} {requested} capped at {pool} ({key}: samples outside the test set)"}
+
+    def _hash(self, **content: Any) -> str:
+        text = json.dumps({**self._shared, **content}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def _transfer(self, plan: Plan, part: int, pretrain: Task, target: str, sizes: list[int],
+                  methods: dict[str, dict[str, Any]], seed: int) -> None:
+        """Fine-tunes of ``pretrain`` on ``target`` at each size, with their scratch baselines."""
+        for size in sizes:
+            plan.add(self.scratch(target, size, seed), part)
+            for method, options in methods.items():
+                plan.add(self.finetune(pretrain, target, size, seed, method, options), part)
+
+    # Parts
+
+    def part1(self, plan: Plan) -> None:
+        spec = self.spec
+        for seed in spec.seeds:
+            for source in spec.datasets:
+                pretrain = plan.add(self.pretrain(source, spec.pretrain_cap, seed), 1)
+                for target in spec.datasets:
+                    if target != source:
+                        self._transfer(plan, 1, pretrain, target, spec.finetune_sizes, spec.part1.methods, seed)
+
+    def part2_inputs(self, plan: Plan) -> list[Task]:
+        """The Part 1 tasks whose results pick Part 2's targets."""
+        part2 = self.spec.part2
+        return [
+            t for t in plan.in_part(1)
+            if t.method == "scratch" or (t.method == part2.method and t.source in part2.sources)
+        ]
+
+    def part2(self, plan: Plan, targets: dict[str, list[str]]) -> None:
+        """Pre-training size scaling for each source, fine-tuned on its picked ``targets``."""
+        part2 = self.spec.part2
+        methods = {part2.method: self.spec.part1.methods[part2.method]}
+        for seed in self.spec.seeds:
+            for source, picked in targets.items():
+                for requested in part2.pretrain_sizes:
+                    pretrain = plan.add(self.pretrain(source, requested, seed), 2)
+                    for target in picked:
+                        self._transfer(plan, 2, pretrain, target, [part2.finetune_size], methods, seed)
+
+    def part3(self, plan: Plan) -> None:
+        spec, part3 = self.spec, self.spec.part3
+        for seed in spec.seeds:
+            for source, target in part3.pairs:
+                pretrain = plan.add(self.pretrain(source, spec.pretrain_cap, seed), 3)
+                self._transfer(plan, 3, pretrain, target, part3.finetune_sizes or spec.finetune_sizes,
+                               part3.methods, seed)
+
+    def part4(self, plan: Plan) -> None:
+        spec, part4 = self.spec, self.spec.part4
+        for seed in spec.seeds:
+            for aux_lambda in part4.lambdas:
+                pretrain = plan.add(self.pretrain(part4.source, part4.pretrain_size, seed, float(aux_lambda)), 4)
+                self._transfer(plan, 4, pretrain, part4.target, part4.finetune_sizes or spec.finetune_sizes,
+                               part4.methods, seed)

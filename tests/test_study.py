@@ -1,0 +1,341 @@
+"""The study engine: spec expansion, resumable execution (local processes and Dask), failures,
+the results table, Part 2's target choice and Part 4's structure-biased pre-training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from pymatgen.core import Lattice, Structure
+
+from mattransfer.data.symmetry import BRAVAIS, bravais_lattice
+from mattransfer.errors import ConfigError
+from mattransfer.finetune import param_groups
+from mattransfer.graphs.build import GraphSettings
+from mattransfer.models.model import ModelConfig, TransferModel
+from mattransfer.study import (
+    COLUMNS, PRESETS, StudySpec, load_spec, pick_part2_targets, run_study, study_status, transfer_gain, write_preset,
+)
+from mattransfer.study.data import PreparedData
+from mattransfer.study.tasks import Planner
+from mattransfer.training.run import train_and_test
+from mattransfer.training.trainer import TrainingOptions
+
+TINY_TRAINING = {"max_epochs": 3, "patience": 3, "batch_size": 16, "lr": 5e-3}
+TINY = {
+    "datasets": ["demo_energy", "demo_volume"],
+    "seeds": [0],
+    "pretrain_cap": 40,
+    "finetune_sizes": [12, 24],
+    "device": "cpu",
+    "graphs": {"cutoff": 5.0, "max_neighbors": 8},
+    "model": {"encoder": {"name": "cgcnn", "hidden": 8, "n_layers": 1, "n_gaussians": 8}, "head": {"hidden": [8]}},
+    "pretrain": TINY_TRAINING,
+    "finetune": TINY_TRAINING,
+    "part1": {"methods": ["heads"]},
+    "part2": {"enabled": False},
+    "part3": {"enabled": False},
+    # λ = 0 is Part 1's demo_energy pre-training; λ = 0.5 adds one pre-training and one fine-tune.
+    "part4": {"source": "demo_energy", "target": "demo_volume", "lambdas": [0.0, 0.5], "pretrain_size": 40,
+              "methods": ["heads"], "finetune_sizes": [12]},
+}
+TINY_TASKS = 2 + 2 * 1 * 2 * 1 + 2 * 2 + 2  # pretrains + transfer fine-tunes + scratch + Part 4's new
+
+
+def spec(**changes) -> StudySpec:
+    return StudySpec.model_validate({**TINY, **changes})
+
+
+# Spec
+
+
+def test_presets_load_and_copy(tmp_path):
+    assert set(PRESETS) == {"paper", "quick"}
+    paper = load_spec("paper")
+    assert paper.datasets == ["gvrh", "phonons", "eform", "bandgap", "expt_gap", "dielectric", "piezo"]
+    assert paper.seeds == [0, 1, 2] and paper.pretrain_cap == 941 and paper.finetune_sizes == [10, 100, 200, 500, 800]
+    assert paper.pretrain.patience == paper.finetune.patience == 50
+    copy = write_preset("quick", tmp_path / "mine.yaml")
+    assert load_spec(copy) == load_spec("quick")
+    with pytest.raises(ConfigError, match="exists"):
+        write_preset("quick", copy)
+
+
+@pytest.mark.parametrize("changes, key", [
+    ({"part3": {"pairs": [["demo_energy", "demo_volume"]], "bogus": 1}}, "part3.bogus"),
+    ({"part1": {"methods": {"freeze": {"layers": -1}}}}, "part1.methods"),
+    ({"part1": {"methods": ["scratch"]}}, "part1.methods"),
+    ({"datasets": ["demo_energy", "nope"]}, "datasets"),
+    ({"part3": {"pairs": [["demo_energy", "gvrh"]]}}, "part3.pairs"),
+])
+def test_spec_errors_name_the_key(tmp_path, changes, key):
+    path = tmp_path / "study.yaml"
+    path.write_text(json.dumps({**TINY, **changes}))  # JSON is YAML
+    with pytest.raises(ConfigError) as info:
+        load_spec(path)
+    assert key in str(info.value)
+
+
+# Expansion into tasks (no training): the paper preset over the real datasets' pool sizes
+
+
+POOLS = {
+    "gvrh": 8823, "phonons": 1138, "eform": 33063, "bandgap": 33063, "expt_gap": 2205, "dielectric": 950, "piezo": 846,
+}
+
+
+def planner(study: StudySpec) -> Planner:
+    data = {k: PreparedData(k, "y", "u", f"fp-{k}", round(p / 0.9), p, Path("/nowhere")) for k, p in POOLS.items()}
+    return Planner(study, data)
+
+
+def test_paper_task_counts_per_part():
+    paper = load_spec("paper")
+    plan = planner(paper).plan()
+    n, k, s = len(paper.seeds), len(paper.datasets), len(paper.finetune_sizes)
+    m1, p3, m3 = len(paper.part1.methods), paper.part3.pairs, paper.part3.methods
+    lambdas, m4 = len(paper.part4.lambdas), len(paper.part4.methods)
+
+    part1 = n * (k + k * (k - 1) * s * m1 + k * s)  # pre-trainings, transfer fine-tunes, scratch
+    sources3, targets3 = {a for a, _ in p3}, {b for _, b in p3}
+    part3 = n * (len(sources3) + len(p3) * s * len(m3) + len(targets3) * s)
+    part4 = n * (lambdas + lambdas * s * m4 + s)
+    assert [len(plan.in_part(p)) for p in (1, 3, 4)] == [part1, part3, part4] == [1386, 219, 147]
+
+    # Shared tasks run once: Part 3's full/heads and Part 4's λ = 0 runs are Part 1 tasks.
+    new3 = n * len(p3) * s * len(set(m3) - set(paper.part1.methods))
+    new4 = n * (lambdas - 1) * (1 + s * m4)
+    assert len(plan) == part1 + new3 + new4
+    bandgap_pretrains = [t for t in plan if t.kind == "pretrain" and t.dataset == "bandgap" and not t.aux_lambda]
+    assert len(bandgap_pretrains) == n and all(t.parts == {1, 3, 4} for t in bandgap_pretrains)
+
+    # Part 1 pre-training is capped at piezo's pool, and the cap is recorded.
+    piezo = next(t for t in plan if t.kind == "pretrain" and t.dataset == "piezo")
+    assert piezo.size == 846
+    assert piezo.notes == {"pretrain_size 941 capped at 846 (piezo: samples outside the test set)"}
+
+
+def test_part2_expansion_caps_and_dedupes():
+    paper = load_spec("paper")
+    plan_ = planner(paper)
+    plan = plan_.plan()
+    before = len(plan)
+    plan_.part2(plan, {"eform": ["gvrh", "piezo"], "bandgap": ["phonons", "gvrh"]})
+    part2 = plan.in_part(2)
+    pretrains = [t for t in part2 if t.kind == "pretrain"]
+    # 50,000 and 100,000 both cap at the 33,063-sample pool: one task, both caps noted.
+    assert sorted({t.size for t in pretrains}) == [1000, 5000, 10000, 33063]
+    assert len(pretrains) == 3 * 2 * 4
+    capped = next(t for t in pretrains if t.size == 33063)
+    assert len(capped.notes) == 2
+    transfer = [t for t in part2 if t.kind == "finetune" and t.method != "scratch"]
+    scratch = [t for t in part2 if t.method == "scratch"]
+    assert len(transfer) == 3 * 2 * 4 * 2 and {t.method for t in transfer} == {"full"}
+    assert len(scratch) == 3 * 3  # gvrh, piezo, phonons at 900 (piezo capped at 846)
+    assert {t.size for t in scratch} == {900, 846}
+    assert len(plan) == before + len(part2)
+
+
+def test_hash_changes_with_what_determines_a_task():
+    base = planner(load_spec("paper"))
+    task = base.pretrain("gvrh", 941, 0)
+    # The paper preset spells out the defaults: equal settings, however written, are one task.
+    assert planner(StudySpec(datasets=list(POOLS))).pretrain("gvrh", 941, 0).hash == task.hash
+    assert base.pretrain("gvrh", 941, 1).hash != task.hash
+    assert base.pretrain("gvrh", 941, 0, aux_lambda=0.1).hash != task.hash
+    other_lr = planner(load_spec("paper").model_copy(update={"pretrain": TrainingOptions(lr=1e-2)}))
+    assert other_lr.pretrain("gvrh", 941, 0).hash != task.hash
+    finetune = base.finetune(task, "phonons", 100, 0, "heads", {})
+    assert base.finetune(base.pretrain("gvrh", 500, 0), "phonons", 100, 0, "heads", {}).hash != finetune.hash
+    assert base.scratch("phonons", 100, 0).hash != finetune.hash
+
+
+# Gains and Part 2's choice
+
+
+def test_transfer_gain_and_part2_pick():
+    rows = [
+        # part, method, source, target, size, seed, mae
+        (1, "scratch", None, "a", 10, 0, 2.0), (1, "scratch", None, "b", 10, 0, 4.0),
+        (1, "scratch", None, "c", 10, 0, 1.0),
+        (1, "full", "s", "a", 10, 0, 1.0), (1, "full", "s", "b", 10, 0, 5.0), (1, "full", "s", "c", 10, 0, 0.9),
+        (1, "heads", "s", "b", 10, 0, 1.0),
+    ]
+    frame = pd.DataFrame([
+        {"part": p, "kind": "finetune", "method": m, "source": src, "target": t, "finetune_size": n, "seed": sd,
+         "test_mae": mae, "status": "done", "task_hash": f"h{i}"}
+        for i, (p, m, src, t, n, sd, mae) in enumerate(rows)
+    ])
+    gains = transfer_gain(frame).set_index(["method", "target"])["gain"]
+    assert gains[("full", "a")] == pytest.approx(0.5)
+    assert gains[("full", "b")] == pytest.approx(-0.25)
+    assert gains[("heads", "b")] == pytest.approx(0.75)
+    picks = pick_part2_targets(frame, ["s"], "full")
+    assert (picks["s"]["best"], picks["s"]["worst"]) == ("a", "b")
+
+
+# Bravais lattices
+
+
+def test_bravais_lattices_of_known_structures():
+    fcc_cu = Structure(Lattice.cubic(3.61), ["Cu"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    bcc_fe = Structure(Lattice.cubic(2.87), ["Fe"] * 2, [[0, 0, 0], [0.5, 0.5, 0.5]])
+    hcp_mg = Structure(Lattice.hexagonal(3.21, 5.21), ["Mg"] * 2, [[1 / 3, 2 / 3, 0.25], [2 / 3, 1 / 3, 0.75]])
+    rock_salt = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    tetragonal = Structure(Lattice.tetragonal(3.0, 4.0), ["Sn"], [[0, 0, 0]])
+    symbols = [bravais_lattice(s) for s in (fcc_cu, bcc_fe, hcp_mg, rock_salt, tetragonal)]
+    assert symbols == ["cF", "cI", "hP", "cF", "tP"]
+    assert len(BRAVAIS) == 14
+
+
+# Auxiliary loss
+
+
+def test_aux_weight_zero_is_plain_training(volume_data, volume_split, graph_settings):
+    config = ModelConfig(**TINY["model"])
+    training = TrainingOptions(max_epochs=2, patience=2, batch_size=16)
+    labels = torch.randint(0, len(BRAVAIS), (len(volume_data.graphs),))
+
+    def trained(aux_weight: float, with_aux: bool) -> TransferModel:
+        torch.manual_seed(0)
+        model = TransferModel(config, graph_settings)
+        groups = param_groups(model, None, training.lr)
+        if with_aux:
+            model.add_aux_head(len(BRAVAIS))
+            groups.append({"params": list(model.aux_head.parameters())})
+        train_and_test(model, volume_data, volume_split, training, groups, seed=0, device=torch.device("cpu"),
+                       progress=False, aux_labels=labels if with_aux else None, aux_weight=aux_weight)
+        return model
+
+    plain, zero, biased = trained(0.0, False), trained(0.0, True), trained(1.0, True)
+    for name, value in plain.encoder.state_dict().items():
+        assert torch.equal(value, zero.encoder.state_dict()[name]), name
+    assert not torch.equal(plain.encoder.embedding.weight, biased.encoder.embedding.weight)
+
+
+def test_aux_head_is_saved_and_dropped_for_fine_tuning(tmp_path):
+    model = TransferModel(ModelConfig(**TINY["model"]), GraphSettings(**TINY["graphs"]))
+    model.add_aux_head(len(BRAVAIS))
+    model.save(tmp_path / "aux.ckpt")
+    loaded = TransferModel.load(tmp_path / "aux.ckpt")
+    assert torch.equal(loaded.aux_head[-1].weight, model.aux_head[-1].weight)
+    loaded.drop_aux_head()
+    assert not any(name.startswith("aux_head") for name in loaded.state_dict())
+
+
+# Running studies
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory) -> tuple[Path, dict]:
+    """The tiny study, run once with two local worker processes."""
+    root = tmp_path_factory.mktemp("study") / "tiny"
+    return root, run_study(spec(), root, workers=2, progress=False)
+
+
+def copy_of(tiny_study, tmp_path) -> Path:
+    return Path(shutil.copytree(tiny_study[0], tmp_path / "copy"))
+
+
+def results(root: Path) -> pd.DataFrame:
+    return pd.read_parquet(root / "results.parquet")
+
+
+def test_study_runs_every_task(tiny_study):
+    root, summary = tiny_study
+    assert (summary["tasks"], summary["done"], summary["ran"], summary["failed"]) == (TINY_TASKS,) * 3 + (0,)
+    assert summary["parts"][1]["tasks"] == 2 + 4 + 4 and summary["parts"][4]["tasks"] == 2 + 2 + 1
+    assert study_status(root)["done"] == TINY_TASKS
+    assert (root / "study.yaml").exists() and (root / "splits" / "demo_volume_test.json").exists()
+    assert not pd.read_csv(root / "results.csv").empty
+
+
+def test_results_table(tiny_study):
+    root, _ = tiny_study
+    table = results(root)
+    assert list(table.columns) == COLUMNS
+    assert len(table) == sum(len(t["parts"]) for t in json.loads((root / "plan.json").read_text()))
+    assert set(table["status"]) == {"done"}
+    pretrain = table[table["kind"] == "pretrain"]
+    assert (pretrain["source"] == pretrain["target"]).all() and pretrain["finetune_size"].isna().all()
+    assert set(pretrain["method"]) == {"pretrain"}
+    scratch = table[table["method"] == "scratch"]
+    assert scratch["source"].isna().all() and scratch["pretrain_size"].isna().all()
+    assert set(table.loc[table["part"] == 4, "aux_lambda"].dropna()) == {0.0, 0.5}
+    # n_train + n_val is the subset size; the test set is the dataset's fixed one.
+    finetunes = table[table["kind"] == "finetune"]
+    assert ((finetunes["n_train"] + finetunes["n_val"]) == finetunes["finetune_size"]).all()
+    test_ids = json.loads((root / "splits" / "demo_volume_test.json").read_text())["ids"]
+    assert set(table.loc[table["target"] == "demo_volume", "n_test"]) == {len(test_ids)}
+
+
+def test_scratch_trains_on_the_transfer_subset(tiny_study):
+    root, _ = tiny_study
+    table = results(root)
+    cell = table[(table["target"] == "demo_volume") & (table["finetune_size"] == 24) & (table["part"] == 1)]
+    splits = [json.loads((root / "tasks" / h / "split.json").read_text()) for h in cell["task_hash"]]
+    assert len(splits) == 2 and splits[0] == splits[1]
+
+
+def test_resume_runs_only_what_is_missing(tiny_study, tmp_path):
+    root = copy_of(tiny_study, tmp_path)
+    table = results(root).drop_duplicates("task_hash")
+    pretrain = table[(table["kind"] == "pretrain") & (table["aux_lambda"] == 0.5)]["task_hash"]
+    deleted = list(pretrain) + list(table[table["method"] == "scratch"]["task_hash"][:2])
+    for task_hash in deleted:
+        (root / "tasks" / task_hash / "result.json").unlink()
+    assert study_status(root)["remaining"] == len(deleted)
+
+    summary = run_study(spec(), root, workers=1, progress=False)
+    assert (summary["ran"], summary["done"]) == (len(deleted), TINY_TASKS)
+    assert run_study(spec(), root, workers=1, progress=False)["ran"] == 0
+
+
+def test_failing_task_is_recorded_and_others_complete(tiny_study, tmp_path):
+    root = copy_of(tiny_study, tmp_path)
+    # The encoder has one layer: freezing five fails at run time, in the worker.
+    part3 = {"pairs": [["demo_energy", "demo_volume"]], "finetune_sizes": [12, 24],
+             "methods": {"freeze": {"layers": 5}, "lora": {"rank": 2, "alpha": 4}}}
+    summary = run_study(spec(part3=part3), root, workers=1, progress=False)
+    assert (summary["ran"], summary["ran_failed"], summary["failed"]) == (4, 2, 2)
+    assert summary["done"] == TINY_TASKS + 2
+
+    table = results(root)
+    failed = table[table["status"] == "failed"]
+    assert set(failed["method"]) == {"freeze"} and failed["test_mae"].isna().all()
+    assert failed["error"].str.contains("layers=5").all()
+    error = json.loads((root / "tasks" / failed["task_hash"].iloc[0] / "error.json").read_text())
+    assert "Traceback" in error["traceback"]
+    assert (table[table["method"] == "lora"]["status"] == "done").all()
+
+
+def test_part2_is_planned_from_part1_results(tiny_study, tmp_path):
+    root = copy_of(tiny_study, tmp_path)
+    part2 = {"sources": ["demo_energy"], "pretrain_sizes": [20, 1000], "finetune_size": 12, "method": "heads"}
+    summary = run_study(spec(part2=part2), root, workers=1, progress=False)
+    # demo_energy has one other dataset: best = worst = demo_volume. Its scratch run at 12 is Part 1's.
+    assert summary["part2_targets"]["demo_energy"]["best"] == "demo_volume"
+    assert (summary["ran"], summary["parts"][2]["tasks"]) == (4, 5)
+    pretrains = results(root).query("part == 2 and kind == 'pretrain'")
+    assert sorted(pretrains["pretrain_size"]) == [20, 270]
+    assert pretrains["cap_note"].str.contains("1000 capped at 270").sum() == 1
+
+
+def test_dask_executor(tiny_study, tmp_path):
+    from dask.distributed import LocalCluster
+
+    root = copy_of(tiny_study, tmp_path)
+    for result in (root / "tasks").glob("*/result.json"):
+        result.unlink()
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster:
+        summary = run_study(spec(), root, scheduler=cluster.scheduler_address, progress=False)
+    assert (summary["ran"], summary["done"]) == (TINY_TASKS, TINY_TASKS)
+    np.testing.assert_allclose(  # the same seeds give the same models as the local processes did
+        results(root).sort_values(["task_hash", "part"])["test_mae"].to_numpy(),
+        results(tiny_study[0]).sort_values(["task_hash", "part"])["test_mae"].to_numpy(), rtol=1e-4,
+    )
