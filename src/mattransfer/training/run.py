@@ -29,7 +29,7 @@ from mattransfer.graphs.build import cached_graphs
 from mattransfer.graphs.store import GraphStore
 from mattransfer.models.model import TransferModel
 from mattransfer.training.metrics import regression_metrics
-from mattransfer.training.trainer import Batches, FitResult, TrainingOptions, fit
+from mattransfer.training.trainer import Batches, EmbeddingBatches, FitResult, TrainingOptions, fit
 
 log = logging.getLogger("mattransfer")
 
@@ -96,8 +96,12 @@ def train_and_test(
     }
     if aux_labels is not None:
         batches["train"].labels = aux_labels[train_pos]
+    trained, train_batches, val_batches = model, batches["train"], batches["val"]
+    if "encoder" in model.frozen and not aux_weight:  # a frozen featurizer: encode once, train the head
+        trained = model.head
+        train_batches, val_batches = (EmbeddingBatches(b, model.encoder) for b in (train_batches, val_batches))
     result = fit(
-        model, batches["train"], batches["val"], groups, training, seed=seed, aux_weight=aux_weight,
+        trained, train_batches, val_batches, groups, training, seed=seed, aux_weight=aux_weight,
         history_csv=run_dir / "history.csv" if run_dir else None, progress=progress, description=description,
     )
     metrics = {name: evaluate(model, b, y) for name, b in batches.items()}

@@ -72,9 +72,31 @@ class Batches:
         n_batches = math.ceil(len(self) / self.batch_size)
         per_graph = (self.y,) if self.labels is None else (self.y, self.labels)
         return [
-            (self.store.batch(self.positions[chunk]).to(self.device), *(t[chunk].to(self.device) for t in per_graph))
+            (self.inputs(chunk), *(t[chunk].to(self.device) for t in per_graph))
             for chunk in torch.tensor_split(order, n_batches)
         ]
+
+    def inputs(self, chunk: Tensor) -> GraphBatch:
+        """The model input of the graphs at ``chunk`` (indices into this subset)."""
+        return self.store.batch(self.positions[chunk]).to(self.device)
+
+
+class EmbeddingBatches(Batches):
+    """The same mini-batches, each graph replaced by its latent vector from a frozen encoder.
+
+    With the encoder frozen (``heads``) its output never changes, so it is computed once and the
+    head trains on it: same batches, same shuffles, same result, without an encoder pass per epoch.
+    """
+
+    def __init__(self, batches: Batches, encoder: nn.Module, encode_batch_size: int = 512) -> None:
+        super().__init__(batches.store, batches.positions, batches.y, batches.batch_size, batches.device, batches.labels)
+        whole = Batches(batches.store, batches.positions, batches.y, encode_batch_size, batches.device)
+        encoder.eval()
+        with torch.no_grad():
+            self.latent = torch.cat([encoder(graphs) for graphs, _ in whole.epoch()])
+
+    def inputs(self, chunk: Tensor) -> Tensor:
+        return self.latent[chunk]
 
 
 def fit(
@@ -115,7 +137,7 @@ def fit(
                 loss = training_loss(model, batch, y, loss_fn, aux_weight, *labels)
                 loss.backward()
                 optimizer.step()
-                train_loss += loss.item() * batch.num_graphs
+                train_loss += loss.item() * len(y)
             val_loss = evaluate_loss(model, val_batches, loss_fn)
             history.append({"epoch": epoch, "train_loss": train_loss / len(train), "val_loss": val_loss})
             history_writer.write(history[-1])
@@ -171,4 +193,4 @@ def training_loss(model: nn.Module, batch: GraphBatch, y: Tensor, loss_fn, aux_w
 def evaluate_loss(model: nn.Module, batches: list[tuple[GraphBatch, Tensor]], loss_fn) -> float:
     model.eval()
     total = sum(loss_fn(model(b), y, reduction="sum").item() for b, y in batches)
-    return total / sum(b.num_graphs for b, _ in batches)
+    return total / sum(len(y) for _, y in batches)
