@@ -1,8 +1,9 @@
 """The training loop: AdamW, early stopping on validation loss, best-validation weights restored.
 
-A lean loop rather than PyTorch Lightning: on this study's fine-tunes (tens of mini-batches per
-epoch, hundreds of epochs) Lightning's per-step machinery costs more than the model does; see
-``bench/loop_overhead.py`` and the README for the measurement.
+A lean loop rather than PyTorch Lightning, chosen by measurement (bench/README.md): on graph
+fine-tunes the two are within noise of each other, but on `heads` fine-tunes, which train the head
+on cached embeddings (sub-millisecond steps, hundreds per study), Lightning's per-step machinery
+makes the fit 3-6x slower.
 """
 
 from __future__ import annotations
