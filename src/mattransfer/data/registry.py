@@ -10,6 +10,7 @@ Materials Project snapshot). Without a local file a key loads through
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -167,7 +168,7 @@ class DataSources(BaseModel):
             frame = read_frame(source, "matminer")
         elif local is not None:
             source = self._local_path(local)
-            frame = read_frame(source, local.reader)
+            frame = _read_shared(source, local.reader)
         else:
             source, frame = self._load_matminer(spec)
         return PropertyTable.from_frame(
@@ -228,3 +229,9 @@ def _count_rows(path: Path) -> int:
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rt") as handle:
         return len(json.load(handle)["index"])
+
+
+@lru_cache(maxsize=2)
+def _read_shared(path: Path, reader: Reader | None):
+    """One read per file and process: several keys can share a file (eform and bandgap: one snapshot)."""
+    return read_frame(path, reader)
