@@ -24,6 +24,7 @@ from mattransfer.data.table import PropertyTable
 from mattransfer.graphs.build import GraphSettings, cached_graphs, structures_hash
 from mattransfer.graphs.store import GraphStore
 from mattransfer.study.layout import StudyDir, write_atomic, write_json
+from mattransfer.study.relatedness import property_relatedness
 from mattransfer.study.spec import StudySpec
 from mattransfer.training.run import Dataset
 
@@ -107,13 +108,6 @@ def _write_relatedness(tables: dict[str, PropertyTable], fingerprints: dict[str,
     computed_from = json.dumps(fingerprints, sort_keys=True)
     marker = study.relatedness_key_file
     if study.relatedness_file.exists() and marker.exists() and marker.read_text() == computed_from:
-        return
-    try:
-        from mattransfer.study.relatedness import property_relatedness
-    except ModuleNotFoundError as exc:
-        if exc.name != "mattransfer.study.relatedness":
-            raise
-        log.info("mattransfer.study.relatedness is not installed: %s not written", study.relatedness_file.name)
         return
     frame: pd.DataFrame = property_relatedness(tables)
     write_atomic(study.relatedness_file, frame.to_csv(index=not isinstance(frame.index, pd.RangeIndex)))
