@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import pandas as pd
 import pytest
 import torch
 
@@ -49,6 +52,11 @@ def test_heads_through_run_keeps_the_pretrained_encoder(pretrained_ckpt, make_co
         assert torch.equal(value, reference[key]), key
     assert summary["n_trainable"] == sum(p.numel() for p in tuned.head.parameters())
     assert tuned.target["name"] == "volume_per_atom"
+    # Per-sample test predictions are the ones the reported metrics were computed from.
+    predictions = pd.read_csv(tmp_path / "heads" / "test_predictions.csv")
+    split = json.loads((tmp_path / "heads" / "split.json").read_text())
+    assert list(predictions["id"]) == split["test"]
+    assert abs((predictions["y_pred"] - predictions["y_true"]).abs().mean() - summary["test"]["mae"]) < 1e-9
 
 
 def test_lora_keeps_base_weights_and_trains_adapters(pretrained, finetune):

@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
-
-import numpy as np
 import pandas as pd
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor

@@ -14,10 +14,9 @@ import time
 import traceback
 from pathlib import Path
 
-import pandas as pd
 import torch
 
-from mattransfer.data.splits import Split, make_split
+from mattransfer.data.splits import make_split
 from mattransfer.data.symmetry import BRAVAIS
 from mattransfer.errors import ConfigError
 from mattransfer.finetune import METHODS, param_groups
@@ -26,8 +25,8 @@ from mattransfer.study.data import PreparedData, load_prepared
 from mattransfer.study.layout import StudyDir
 from mattransfer.study.spec import StudySpec
 from mattransfer.study.tasks import Task
-from mattransfer.training.run import Dataset, predict_batches, resolve_device, run_log, train_and_test
-from mattransfer.training.trainer import Batches, TrainingOptions
+from mattransfer.training.run import Dataset, resolve_device, run_log, train_and_test
+from mattransfer.training.trainer import TrainingOptions
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +98,6 @@ def _train(task: Task, spec: StudySpec, data: PreparedData, study: StudyDir) -> 
     )
     if task.kind == "pretrain":
         model.cpu().save(study.checkpoint(task.hash), task=task.to_json())
-    _write_predictions(model.to(device), dataset, split, training, device, task_dir / "test_predictions.csv")
     return {
         "task": task.describe(), "unit": data.unit,
         "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
@@ -130,11 +128,3 @@ def _model(task: Task, spec: StudySpec, study: StudyDir) -> tuple[TransferModel,
     model = prepare(base, options)
     return model, param_groups(model, options, spec.finetune.lr), spec.finetune
 
-
-def _write_predictions(model: TransferModel, dataset: Dataset, split: Split, training: TrainingOptions,
-                       device: torch.device, path: Path) -> None:
-    """Per-test-sample predictions, for paired comparisons across tasks."""
-    positions = dataset.graphs.positions(split.test)
-    y = dataset.targets()[positions]
-    predictions = predict_batches(model, Batches(dataset.graphs, positions, y, training.batch_size, device))
-    pd.DataFrame({"id": split.test, "y_true": y.numpy(), "y_pred": predictions.numpy()}).to_csv(path, index=False)

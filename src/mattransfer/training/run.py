@@ -1,7 +1,8 @@
 """One training run, pre-training or fine-tuning, from options to a finished run directory.
 
 A run directory holds: ``config.yaml`` (resolved options), ``split.json`` (train/val/test ids),
-``history.csv`` (per-epoch losses), ``model.ckpt``, ``metrics.json`` and ``train.log``.
+``history.csv`` (per-epoch losses), ``test_predictions.csv``, ``model.ckpt``, ``metrics.json`` and
+``train.log``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import pandas as pd
 import torch
 import yaml
 
@@ -104,7 +106,11 @@ def train_and_test(
         trained, train_batches, val_batches, groups, training, seed=seed, aux_weight=aux_weight,
         history_csv=run_dir / "history.csv" if run_dir else None, progress=progress, description=description,
     )
-    metrics = {name: evaluate(model, b, y) for name, b in batches.items()}
+    predictions = {name: predict_batches(model, b) for name, b in batches.items()}
+    metrics = {name: regression_metrics(y[b.positions].numpy(), predictions[name].numpy()) for name, b in batches.items()}
+    if run_dir is not None:  # per-sample test errors, for paired comparisons between runs
+        pd.DataFrame({"id": split.test, "y_true": y[test_pos].numpy(), "y_pred": predictions["test"].numpy()}
+                     ).to_csv(run_dir / "test_predictions.csv", index=False)
     return result, metrics
 
 
@@ -113,11 +119,6 @@ def predict_batches(model: TransferModel, batches: Batches) -> torch.Tensor:
     """Predictions in the target's physical unit, in the order of ``batches.positions``."""
     model.eval()
     return torch.cat([model.predict(b).cpu() for b, *_ in batches.epoch()])
-
-
-def evaluate(model: TransferModel, batches: Batches, y: torch.Tensor) -> dict[str, float]:
-    """Metrics of ``model`` on a subset, in the target's physical unit."""
-    return regression_metrics(y[batches.positions].numpy(), predict_batches(model, batches).numpy())
 
 
 @contextmanager
