@@ -150,3 +150,36 @@ def test_run_writes_a_complete_run_directory(make_config, tmp_path):
     predictions = model.eval().predict(graphs.batch(positions)).numpy()
     mae = float(abs(predictions - table.y[positions.numpy()]).mean())
     assert mae == pytest.approx(summary["test"]["mae"], rel=1e-6)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_factorized_cgconv_matches_pyg_cgconv(volume_batch, lora):
+    """Same parameters, same outputs and gradients as PyG's CGConv (also with LoRA adapters)."""
+    from torch_geometric.nn import CGConv
+
+    from mattransfer.models.encoders.cgcnn import FactorizedCGConv
+    from mattransfer.models.lora import inject_lora
+
+    torch.manual_seed(0)
+    ours = FactorizedCGConv(16, dim=40, batch_norm=True)
+    theirs = CGConv(16, dim=40, batch_norm=True)
+    theirs.load_state_dict(ours.state_dict())
+    if lora:
+        for conv in (ours, theirs):
+            inject_lora(conv, rank=4, alpha=8.0)
+            for name, p in conv.named_parameters():
+                if "lora_b" in name:  # a trained adapter, not the zero it starts at
+                    torch.nn.init.normal_(p)
+        theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(volume_batch.z.numel(), 16)
+    edge_attr = torch.rand(volume_batch.distance.numel(), 40)
+
+    outputs = [conv(x, volume_batch.edge_index, edge_attr) for conv in (ours, theirs)]
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-4, atol=1e-5)
+    weights = torch.randn_like(outputs[0])
+    for out in outputs:
+        (out * weights).sum().backward()
+    grads = [dict((n, p.grad) for n, p in conv.named_parameters() if p.requires_grad) for conv in (ours, theirs)]
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-4, msg=name)

@@ -32,6 +32,15 @@ class LoRALinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.base(x) + self.scale * (x @ self.lora_b.T) @ self.lora_a.T
 
+    @property
+    def weight(self) -> Tensor:
+        """The merged weight W0 + (alpha / r) A B, for layers that use a linear map by its matrix."""
+        return self.base.weight + self.scale * self.lora_a @ self.lora_b
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.base.bias
+
 
 def inject_lora(module: nn.Module, rank: int, alpha: float) -> list[str]:
     """Wrap every linear layer inside ``module`` in `LoRALinear`; return the wrapped names."""

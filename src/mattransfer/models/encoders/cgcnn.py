@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
@@ -15,6 +16,33 @@ from mattransfer.graphs.store import GraphBatch
 from mattransfer.models.encoders.base import Encoder, register_encoder
 
 POOLING = {"mean": global_mean_pool, "sum": global_add_pool, "max": global_max_pool}
+
+
+class FactorizedCGConv(CGConv):
+    """PyG's `CGConv` with the same parameters, computed with its linear maps split by input block.
+
+    CGConv applies ``lin_f`` and ``lin_s`` to ``[x_i, x_j, e_ij]`` on every edge. The atom blocks
+    are applied once per atom instead (about 12x fewer rows) and gathered, so only the Gaussian
+    block stays per edge: 1.7-2.1x the training throughput of `CGConv` on phonons
+    (bench/training_throughput.py). The state dict is CGConv's, so checkpoints are unchanged, and
+    a `LoRALinear` in place of ``lin_f``/``lin_s`` works through its merged ``weight``/``bias``.
+    """
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
+        h = x.shape[1]
+        weight = torch.cat([self.lin_f.weight, self.lin_s.weight])  # (2h, 2h + n_gaussians)
+        bias = torch.cat([self.lin_f.bias, self.lin_s.bias])
+        source, target = edge_index
+        # index_select, not x[index]: its backward is a scatter-add, not a sorting index_put.
+        pre = (
+            F.linear(edge_attr, weight[:, 2 * h:], bias)
+            + (x @ weight[:, :h].T).index_select(0, target)
+            + (x @ weight[:, h:2 * h].T).index_select(0, source)
+        )
+        gate, signal = pre.chunk(2, dim=1)
+        out = torch.zeros_like(x).index_add_(0, target, gate.sigmoid() * F.softplus(signal))
+        out = out if self.bn is None else self.bn(out)
+        return out + x
 
 
 @register_encoder("cgcnn")
@@ -34,7 +62,7 @@ class CGCNN(Encoder):
         self.embedding = nn.Embedding(config.max_z + 1, config.hidden)
         self.expansion = GaussianSmearing(0.0, graphs.cutoff, config.n_gaussians)
         self.layers = nn.ModuleList(
-            CGConv(config.hidden, dim=config.n_gaussians, batch_norm=config.batch_norm)
+            FactorizedCGConv(config.hidden, dim=config.n_gaussians, batch_norm=config.batch_norm)
             for _ in range(config.n_layers)
         )
         self.pool = POOLING[config.pooling]
