@@ -110,8 +110,10 @@ def test_paper_task_counts_per_part():
     # Shared tasks run once: Part 3's full/heads and Part 4's λ = 0 runs are Part 1 tasks.
     new3 = n * len(p3) * s * len(set(m3) - set(paper.part1.methods))
     new4 = n * (lambdas - 1) * (1 + s * m4)
-    assert len(plan) == part1 + new3 + new4
-    bandgap_pretrains = [t for t in plan if t.kind == "pretrain" and t.dataset == "bandgap" and not t.aux_lambda]
+    part2 = n * len(paper.part2.sources) * 4  # pre-trainings only: 50k and 100k cap to one (the fine-tunes come later)
+    assert len(plan.in_part(2)) == part2
+    assert len(plan) == part1 + new3 + new4 + part2
+    bandgap_pretrains = [t for t in plan if t.kind == "pretrain" and t.dataset == "bandgap" and t.size == 941 and not t.aux_lambda]
     assert len(bandgap_pretrains) == n and all(t.parts == {1, 3, 4} for t in bandgap_pretrains)
 
     # Part 1 pre-training is capped at piezo's pool, and the cap is recorded.
@@ -124,10 +126,13 @@ def test_part2_expansion_caps_and_dedupes():
     paper = load_spec("paper")
     plan_ = planner(paper)
     plan = plan_.plan()
+    # The pre-trainings are planned at once (they need no targets); the fine-tunes once targets are picked.
+    pretrains = plan.in_part(2)
+    assert {t.kind for t in pretrains} == {"pretrain"}
     before = len(plan)
     plan_.part2(plan, {"eform": ["gvrh", "piezo"], "bandgap": ["phonons", "gvrh"]})
     part2 = plan.in_part(2)
-    pretrains = [t for t in part2 if t.kind == "pretrain"]
+    assert [t for t in part2 if t.kind == "pretrain"] == pretrains
     # 50,000 and 100,000 both cap at the 33,063-sample pool: one task, both caps noted.
     assert sorted({t.size for t in pretrains}) == [1000, 5000, 10000, 33063]
     assert len(pretrains) == 3 * 2 * 4
@@ -138,7 +143,7 @@ def test_part2_expansion_caps_and_dedupes():
     assert len(transfer) == 3 * 2 * 4 * 2 and {t.method for t in transfer} == {"full"}
     assert len(scratch) == 3 * 3  # gvrh, piezo, phonons at 900 (piezo capped at 846)
     assert {t.size for t in scratch} == {900, 846}
-    assert len(plan) == before + len(part2)
+    assert len(plan) == before + len(part2) - len(pretrains)
 
 
 def test_hash_changes_with_what_determines_a_task():

@@ -105,10 +105,15 @@ class Planner:
         }
 
     def plan(self) -> Plan:
-        """Parts 1, 3 and 4 as enabled. Part 2 waits for Part 1's results (`part2`)."""
+        """Parts 1, 3 and 4 as enabled, and Part 2's pre-trainings, which do not depend on Part 1.
+
+        Part 2's fine-tunes wait for the Part 1 results that pick their targets (`part2`).
+        """
         plan = Plan()
         if self.spec.part1.enabled:
             self.part1(plan)
+        if self.spec.part2.enabled:
+            self.part2(plan, {source: [] for source in self.spec.part2.sources})
         if self.spec.part3.enabled:
             self.part3(plan)
         if self.spec.part4.enabled:
