@@ -102,13 +102,15 @@ def test_cache_reused_and_rebuilt_when_inputs_change(demo_energy, tmp_path, monk
     settings = GraphSettings(cutoff=5.0, max_neighbors=8)
     first = cached_graphs(table, settings, progress=False)
     assert len(builds) == 1
-    assert len(list((tmp_path / "graphs").glob("cachetest-*.pt"))) == 1
+    assert len(list((tmp_path / "graphs").glob("*.pt"))) == 1
 
     def must_not_build(*args, **kwargs):
         raise AssertionError("graphs rebuilt although the cache holds them")
 
     monkeypatch.setattr(build_module, "build_graphs", must_not_build)
     _assert_stores_equal(cached_graphs(table, settings, progress=False), first)
+    # Another property of the same structures (eform and bandgap) shares the file.
+    _assert_stores_equal(cached_graphs(dataclasses.replace(table, name="other", y=table.y * 2), settings, progress=False), first)
 
     monkeypatch.setattr(build_module, "build_graphs", counting_build)
     wider = cached_graphs(table, GraphSettings(cutoff=6.0, max_neighbors=64), progress=False)
@@ -125,7 +127,7 @@ def test_cache_reused_and_rebuilt_when_inputs_change(demo_energy, tmp_path, monk
     rebuilt = cached_graphs(moved, settings, progress=False)
     assert len(builds) == 4
     assert not torch.equal(rebuilt.distance[: rebuilt.edge_ptr[1]], first.distance[: first.edge_ptr[1]])
-    assert len(list((tmp_path / "graphs").glob("cachetest-*.pt"))) == 4
+    assert len(list((tmp_path / "graphs").glob("*.pt"))) == 4
 
 
 def test_store_save_load_round_trip(demo_energy, graph_settings, tmp_path):

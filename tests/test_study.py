@@ -4,6 +4,7 @@ the results table, Part 2's target choice and Part 4's structure-biased pre-trai
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -258,6 +259,15 @@ def test_study_runs_every_task(tiny_study):
     assert study_status(root)["done"] == TINY_TASKS
     assert (root / "study.yaml").exists() and (root / "splits" / "demo_volume_test.json").exists()
     assert not pd.read_csv(root / "results.csv").empty
+
+
+def test_study_graphs_are_the_cache_file_not_a_copy(tiny_study):
+    """Workers read the study directory's graphs, a hard link to the graph cache: no second copy on disk."""
+    root, _ = tiny_study
+    study_graphs = sorted((root / "data").glob("*/graphs.pt"))
+    cache_graphs = sorted((Path(os.environ["MATTRANSFER_CACHE"]) / "graphs").glob("*.pt"))
+    assert len(study_graphs) == 2
+    assert all(any(os.path.samefile(g, c) for c in cache_graphs) for g in study_graphs)
 
 
 def test_results_table(tiny_study):

@@ -86,10 +86,23 @@ def build_graphs(table: PropertyTable, settings: GraphSettings, progress: bool =
 
 def cached_graphs(table: PropertyTable, settings: GraphSettings, progress: bool = True) -> GraphStore:
     """`build_graphs`, cached on disk under the content hash: rebuilt when data or settings change."""
-    path = cache_dir() / "graphs" / f"{table.name}-{structures_hash(table, settings)}.pt"
+    path = _cache_file(table, settings)
     if path.exists():
         return GraphStore.load(path)
     store = build_graphs(table, settings, progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     store.save(path)
     return store
+
+
+def cached_graphs_file(table: PropertyTable, settings: GraphSettings, progress: bool = True) -> Path:
+    """The graph cache file of ``table``, built first if missing (for readers that load it themselves)."""
+    path = _cache_file(table, settings)
+    if not path.exists():
+        cached_graphs(table, settings, progress)
+    return path
+
+
+def _cache_file(table: PropertyTable, settings: GraphSettings) -> Path:
+    # Keyed by content alone: datasets with the same structures (eform, bandgap) share one file.
+    return cache_dir() / "graphs" / f"{structures_hash(table, settings)}.pt"

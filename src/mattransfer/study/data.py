@@ -1,8 +1,8 @@
 """A study's datasets, prepared once by the main process and read by every worker.
 
 The main process loads each table (structures and all), featurizes it through the graph cache and
-writes what training needs into the study directory: graphs, targets and, for structure-biased
-pre-training, Bravais labels. Workers read only those files, never the structures.
+puts what training needs into the study directory: graphs (a hard link to the cache file), targets
+and, for structure-biased pre-training, Bravais labels. Workers read only those files, never the structures.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from mattransfer.data.registry import DataSources
 from mattransfer.data.splits import fixed_test_ids
 from mattransfer.data.symmetry import cached_bravais_labels
 from mattransfer.data.table import PropertyTable
-from mattransfer.graphs.build import GraphSettings, cached_graphs, structures_hash
+from mattransfer.graphs.build import GraphSettings, cached_graphs_file, structures_hash
 from mattransfer.graphs.store import GraphStore
 from mattransfer.study.layout import StudyDir, write_atomic, write_json
 from mattransfer.study.relatedness import property_relatedness
@@ -78,12 +80,24 @@ def _prepare(table: PropertyTable, spec: StudySpec, study: StudyDir, labels: boo
     path = study.data_dir(table.name, content)
     path.mkdir(parents=True, exist_ok=True)
     if not (path / "targets.pt").exists():  # written last: its presence means the directory is complete
-        cached_graphs(table, spec.graphs, progress).save(path / "graphs.pt")
+        _link_or_copy(cached_graphs_file(table, spec.graphs, progress), path / "graphs.pt")
         _save_tensor(torch.from_numpy(table.y), path / "targets.pt")
     if labels and not (path / "labels.pt").exists():
         _save_tensor(torch.from_numpy(cached_bravais_labels(table, spec.graphs, progress)), path / "labels.pt")
     return PreparedData(table.name, table.target, table.unit, content, len(table), len(table) - len(test), path,
                         has_labels=(path / "labels.pt").exists())
+
+
+def _link_or_copy(source: Path, path: Path) -> None:
+    """A hard link to the graph cache file: the study directory stays self-contained (workers on
+    other machines read it) without a second copy on disk; a copy where links cannot be made."""
+    tmp = path.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    tmp.replace(path)
 
 
 def _save_tensor(tensor: torch.Tensor, path: Path) -> None:
