@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -16,11 +17,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.quiet)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return args.handler(args) or 0
     except MattransferError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         print("interrupted: finished results are kept; run the same command again to resume.", file=sys.stderr)
         return 130
@@ -32,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Transfer learning for small materials-property datasets with crystal graph networks.",
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no progress bars")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch threads of this process (default: torch's, one per core); on a busy machine 1"
+                             " avoids threads waiting on each other. Study workers take cores/workers each.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="pre-train, or fine-tune when the options have a `finetune` section",

@@ -198,8 +198,12 @@ def write_preset(name: str, path: str | Path, overwrite: bool = False) -> Path:
     path = Path(path)
     if path.exists() and not overwrite:
         raise ConfigError(f"{path} exists; choose another path or overwrite it explicitly.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_preset_text(name))
+    text = _preset_text(name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the preset to {path}: {exc.strerror or exc}") from exc
     return path
 
 
