@@ -5,19 +5,24 @@ What it measures
        of the default ``TransferModel`` (``ModelConfig()``: CGCNN 3x64 + MLP head) on 800 phonon
        structures (a ``make_split`` sample: its train + val ids), at batch sizes 16 and 64. Arms:
 
-       mattransfer  ``trainer.Batches`` over the dataset's ``GraphStore``, as ``trainer.fit`` uses it:
-                    ``Batches.epoch(generator)`` cuts every shuffled mini-batch of the epoch by index
-                    slicing of the collated tensors (``GraphStore.batch``).
+       mattransfer  what ``trainer.fit`` runs: ``trainer.Batches`` over the dataset's ``GraphStore``
+                    (``Batches.epoch(generator)`` cuts every shuffled mini-batch of the epoch by index
+                    slicing of the collated tensors, ``GraphStore.batch``) into the default encoder,
+                    whose ``FactorizedCGConv`` layers apply the atom blocks of CGConv's linear maps
+                    per atom instead of per edge.
+       stock_conv   the same batches into the same model with PyG's stock ``CGConv`` layers (the same
+                    weights): separates the batching gain from the convolution's.
        pyg          the plain PyG baseline: one ``torch_geometric.data.Data(z, edge_index, distance, y)``
                     per structure (built from the same GraphStore, so the graphs are identical),
-                    collated per sample by ``torch_geometric.loader.DataLoader(shuffle=True)``. The
-                    model reads ``batch.z / edge_index / distance / batch / num_graphs``, which a PyG
-                    ``Batch`` has under the same names.
+                    collated per sample by ``torch_geometric.loader.DataLoader(shuffle=True)``, into
+                    the stock-CGConv model. The model reads ``batch.z / edge_index / distance / batch /
+                    num_graphs``, which a PyG ``Batch`` has under the same names.
 
-       Both arms train a copy of the same initial model with the same optimizer for the same epochs
-       (800 structures each). A check feeds the same 16 graphs through both input paths and compares
-       the model outputs. Each epoch is split into phases, timed with ``perf_counter`` (CPU only, so
-       no asynchronous work hides): data (cutting/collating batches), forward, backward, optimizer.
+       Every arm trains a copy of the same initial weights for the same epochs (800 structures each)
+       with AdamW: fused for mattransfer, as ``trainer.fit`` runs it, torch's default for the others.
+       A check feeds the same 16 graphs through every arm and compares the model outputs. Each epoch
+       is split into phases, timed with ``perf_counter`` (CPU only, so no asynchronous work hides):
+       data (cutting/collating batches), forward, backward, optimizer.
        Epoch 0 of every run is a warm-up; with ``--repeats R`` the arms run R times in rotated order
        and the medians pool all timed epochs. A short ``torch.profiler`` table of a few steps of
        each arm at the first batch size shows which operators the time goes to.
@@ -30,13 +35,13 @@ What it measures
        not depend on the weights). The ``heads`` time includes its encoder embedding pass
        (``EmbeddingBatches``); every time includes the final evaluation on train/val/test.
 
-How to run (by hand, not a test; about 4 minutes on the loaded 2-core development machine)
+How to run (by hand, not a test; about 6 minutes on the 2-core development machine)
     . .venv/bin/activate
     python bench/training_throughput.py --threads 1
     python bench/training_throughput.py --epochs 6 --repeats 4 --finetune-epochs 100 --threads 1
 
 It prints tables and writes ``bench/results/training_throughput.json``: the command line, the machine
-(and its load average before and after), every epoch's phase times, the ratio mattransfer / pyg, the
+(and its load average before and after), every epoch's phase times, the ratios over pyg, the
 profiler tables and the fine-tune times.
 """
 
@@ -56,6 +61,7 @@ import torch
 from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
+from torch_geometric.nn import CGConv
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import command_line, load_table, machine, save_report, timed  # noqa: E402
@@ -69,7 +75,7 @@ from mattransfer.models.model import ModelConfig, TransferModel
 from mattransfer.training.run import Dataset, train_and_test
 from mattransfer.training.trainer import Batches, TrainingOptions
 
-ARMS = ("mattransfer", "pyg")
+ARMS = ("mattransfer", "stock_conv", "pyg")
 CPU = torch.device("cpu")
 EpochBatches = Callable[[], Iterable[tuple]]  # one epoch of (graph batch, y) pairs
 
@@ -114,7 +120,7 @@ def epoch_source(arm: str, graphs: GraphStore, sample: Sample, data: list[Data],
                  seed: int) -> EpochBatches:
     """A callable returning one shuffled epoch of ``(graphs, y)`` batches for ``arm``."""
     generator = torch.Generator().manual_seed(seed)
-    if arm == "mattransfer":
+    if arm != "pyg":
         batches = Batches(graphs, sample.positions, sample.y, batch_size, CPU)
         return lambda: batches.epoch(generator)
     loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=generator)
@@ -126,13 +132,24 @@ def initial_model(seed: int) -> TransferModel:
     return TransferModel(ModelConfig(), GraphSettings())
 
 
-def check_same_input(model: TransferModel, graphs: GraphStore, sample: Sample, data: list[Data]) -> float:
-    """Max |output difference| of the model on the same 16 graphs fed through both input paths."""
-    model.eval()
+def with_stock_cgconv(model: TransferModel) -> TransferModel:
+    """A copy of ``model`` whose layers are PyG's stock ``CGConv`` with the same weights."""
+    stock = copy.deepcopy(model)
+    for k, conv in enumerate(stock.encoder.layers):
+        layer = CGConv(conv.channels, dim=conv.dim, batch_norm=conv.batch_norm)
+        layer.load_state_dict(conv.state_dict())
+        stock.encoder.layers[k] = layer
+    return stock
+
+
+def check_same_input(models: dict[str, TransferModel], graphs: GraphStore, sample: Sample, data: list[Data]) -> float:
+    """Max |output difference| between the arms on the same 16 graphs, each through its own input path."""
+    outputs = []
     with torch.no_grad():
-        ours = model(graphs.batch(sample.positions[:16]))
-        theirs = model(Batch.from_data_list(data[:16]))
-    return float((ours - theirs).abs().max())
+        for arm, model in models.items():
+            inputs = Batch.from_data_list(data[:16]) if arm == "pyg" else graphs.batch(sample.positions[:16])
+            outputs.append(copy.deepcopy(model).eval()(inputs))
+    return max(float((out - outputs[0]).abs().max()) for out in outputs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,9 +201,14 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, source: Epoc
         tick = now
 
 
-def train_run(model: TransferModel, source: EpochBatches, epochs: int, lr: float) -> list[EpochTimes]:
+def make_optimizer(arm: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """``trainer.fit``'s fused AdamW for mattransfer; torch's default AdamW for the baselines."""
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=arm == "mattransfer" or None)
+
+
+def train_run(arm: str, model: TransferModel, source: EpochBatches, epochs: int, lr: float) -> list[EpochTimes]:
     model = copy.deepcopy(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    optimizer = make_optimizer(arm, model, lr)
     return [train_epoch(model, optimizer, source) for _ in range(epochs)]
 
 
@@ -205,19 +227,21 @@ def summarise(runs: list[list[EpochTimes]]) -> dict:
     }
 
 
-def throughput_row(model: TransferModel, graphs: GraphStore, sample: Sample, data: list[Data],
+def throughput_row(models: dict[str, TransferModel], graphs: GraphStore, sample: Sample, data: list[Data],
                    batch_size: int, args: argparse.Namespace) -> dict:
     runs: dict[str, list[list[EpochTimes]]] = {arm: [] for arm in ARMS}
     for repeat in range(args.repeats):
-        for arm in ARMS[repeat % 2:] + ARMS[:repeat % 2]:
+        shift = repeat % len(ARMS)
+        for arm in ARMS[shift:] + ARMS[:shift]:
             source = epoch_source(arm, graphs, sample, data, batch_size, args.seed + repeat)
-            runs[arm].append(train_run(model, source, args.epochs, args.lr))
+            runs[arm].append(train_run(arm, models[arm], source, args.epochs, args.lr))
             print(f"  batch {batch_size} {arm:<11} repeat {repeat}: "
                   f"{statistics.median(e.total_s for e in runs[arm][-1][1:]):.3f} s/epoch", flush=True)
     summary = {arm: summarise(arm_runs) for arm, arm_runs in runs.items()}
-    ours, pyg = summary["mattransfer"], summary["pyg"]
+    pyg = summary["pyg"]["structures_per_s"]
     return {"batch_size": batch_size, **summary,
-            "ratio_throughput_mattransfer_over_pyg": ours["structures_per_s"] / pyg["structures_per_s"]}
+            "ratio_throughput_mattransfer_over_pyg": summary["mattransfer"]["structures_per_s"] / pyg,
+            "ratio_throughput_stock_conv_over_pyg": summary["stock_conv"]["structures_per_s"] / pyg}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -225,7 +249,7 @@ def throughput_row(model: TransferModel, graphs: GraphStore, sample: Sample, dat
 # ----------------------------------------------------------------------------------------------
 
 
-def profile_steps(model: TransferModel, source: EpochBatches, steps: int, lr: float, top: int) -> list[dict]:
+def profile_steps(arm: str, model: TransferModel, source: EpochBatches, steps: int, lr: float, top: int) -> list[dict]:
     """Top operators by self CPU time over the first ``steps`` steps of an epoch (after a warm-up epoch).
 
     The ``## ...`` rows are the phases (CPU total includes their operators). mattransfer's batches are
@@ -234,7 +258,7 @@ def profile_steps(model: TransferModel, source: EpochBatches, steps: int, lr: fl
     from torch.profiler import ProfilerActivity, profile, record_function
 
     model = copy.deepcopy(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    optimizer = make_optimizer(arm, model, lr)
     train_epoch(model, optimizer, source)
     model.train()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -299,7 +323,8 @@ def print_throughput(rows: list[dict]) -> None:
             print(f"{row['batch_size']:>5} {arm:<11} {s['steps_per_epoch']:>5} {s['median_epoch_s']:>8.3f}"
                   f" {s['structures_per_s']:>8.0f} | {p['data_s']:.3f} / {p['forward_s']:.3f} /"
                   f" {p['backward_s']:.3f} / {p['optimizer_s']:.3f}")
-        print(f"{'':>5} ratio mattransfer / pyg: {row['ratio_throughput_mattransfer_over_pyg']:.2f}")
+        print(f"{'':>5} ratio over pyg: mattransfer {row['ratio_throughput_mattransfer_over_pyg']:.2f},"
+              f" stock_conv {row['ratio_throughput_stock_conv_over_pyg']:.2f}")
 
 
 def print_profile(profiles: dict[str, list[dict]], batch_size: int, steps: int) -> None:
@@ -345,16 +370,18 @@ def main() -> None:
     sample = make_sample(table, graphs, args.n, args.seed)
     data = pyg_data_list(graphs, sample)
     model = initial_model(args.seed)
-    same_input_diff = check_same_input(copy.deepcopy(model), graphs, sample, data)
-    print(f"same 16 graphs through both input paths: max |output diff| = {same_input_diff:.1e}")
+    stock = with_stock_cgconv(model)
+    models = {"mattransfer": model, "stock_conv": stock, "pyg": stock}
+    same_input_diff = check_same_input(models, graphs, sample, data)
+    print(f"same 16 graphs through every arm: max |output diff| = {same_input_diff:.1e}")
 
-    rows = [throughput_row(model, graphs, sample, data, b, args) for b in args.batch_sizes]
+    rows = [throughput_row(models, graphs, sample, data, b, args) for b in args.batch_sizes]
     print_throughput(rows)
 
     profiles: dict[str, list[dict]] = {}
     if args.profile_steps:
         b = args.batch_sizes[0]
-        profiles = {arm: profile_steps(model, epoch_source(arm, graphs, sample, data, b, args.seed),
+        profiles = {arm: profile_steps(arm, models[arm], epoch_source(arm, graphs, sample, data, b, args.seed),
                                        args.profile_steps, args.lr, top=12) for arm in ARMS}
         print_profile(profiles, b, args.profile_steps)
 

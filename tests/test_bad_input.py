@@ -183,7 +183,7 @@ def test_missing_and_unknown_files(tmp_path):
 
 def test_missing_target_column_names_it_and_lists_columns(tmp_path):
     frame = pd.DataFrame({"structure": [fcc("Cu", 3.6)], "band_gap": [1.0], "formula": ["Cu"]}, index=["a"])
-    path = _write_matminer(frame, tmp_path / "wrong_file.json.gz")
+    _write_matminer(frame, tmp_path / "wrong_file.json.gz")
     # A registry key pointed at a file without the key's target column.
     sources = DataSources(data_dir=tmp_path, datasets={"piezo": LocalFile(file="wrong_file")})
     with pytest.raises(DataError) as info:

@@ -248,6 +248,10 @@ def copy_of(tiny_study, tmp_path) -> Path:
     return Path(shutil.copytree(tiny_study[0], tmp_path / "copy"))
 
 
+def summary_hashes(root: Path) -> list[str]:
+    return [t["hash"] for t in json.loads((root / "plan.json").read_text())]
+
+
 def results(root: Path) -> pd.DataFrame:
     return pd.read_parquet(root / "results.parquet")
 
@@ -309,6 +313,10 @@ def test_resume_runs_only_what_is_missing(tiny_study, tmp_path):
     summary = run_study(spec(), root, workers=1, progress=False)
     assert (summary["ran"], summary["done"]) == (len(deleted), TINY_TASKS)
     assert run_study(spec(), root, workers=1, progress=False)["ran"] == 0
+    # Each run left its record: the first run, the resume (exactly the deleted tasks), the no-op.
+    records = [json.loads(p.read_text()) for p in sorted((root / "runs").glob("*.json"))]
+    assert [sorted(r["ran_tasks"]) for r in records] == [sorted(summary_hashes(tiny_study[0])), sorted(deleted), []]
+    assert [r["done"] for r in records] == [TINY_TASKS] * 3 and records[1]["workers"] == 1
 
 
 def test_failing_task_is_recorded_and_others_complete(tiny_study, tmp_path):

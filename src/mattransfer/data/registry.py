@@ -235,3 +235,8 @@ def _count_rows(path: Path) -> int:
 def _read_shared(path: Path, reader: Reader | None):
     """One read per file and process: several keys can share a file (eform and bandgap: one snapshot)."""
     return read_frame(path, reader)
+
+
+def release_read_cache() -> None:
+    """Forget the data files read so far (the MP snapshot's frame holds over 1 GB of structures)."""
+    _read_shared.cache_clear()

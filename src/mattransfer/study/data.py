@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mattransfer.data.registry import DataSources
+from mattransfer.data.registry import DataSources, release_read_cache
 from mattransfer.data.splits import fixed_test_ids
 from mattransfer.data.symmetry import cached_bravais_labels
 from mattransfer.data.table import PropertyTable
@@ -68,6 +68,7 @@ def prepare_datasets(
         prepared[key] = _prepare(table, spec, study, key in labels_for, progress)
         tables[key] = table
     _write_relatedness(tables, {key: p.fingerprint for key, p in prepared.items()}, study)
+    release_read_cache()  # the main process only schedules from here on
     return prepared
 
 

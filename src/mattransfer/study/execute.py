@@ -11,6 +11,7 @@ import json
 import logging
 import time
 import traceback
+from datetime import datetime, timezone
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -45,20 +46,21 @@ def run_study(
     (``tcp://host:port``). The summary adds to `study_status` how many tasks ran now and the time.
     A script calling this needs the ``if __name__ == "__main__":`` guard of multiprocessing.
     """
-    start = time.perf_counter()
+    start = time.time()
     study = StudyDir(study_dir)
     study.root.mkdir(parents=True, exist_ok=True)
     write_atomic(study.spec_file, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     labels_for = {spec.part4.source} if spec.part4.enabled and any(spec.part4.lambdas) else set()
     data = prepare_datasets(spec, study, labels_for, progress)
-    run = _StudyRun(spec, study, data)
+    run = _StudyRun(spec, study, data, start)
     with open_executor(workers, scheduler) as (executor, slots), _progress_bar(progress) as bar:
+        run.slots = slots
         run.drive(executor, slots, bar)
     if spec.part2.enabled and not run.part2_planned:
         log.warning("Part 2 is not planned: Part 1 tasks it picks targets from did not finish; run the study again.")
     summary = {**_counts(run.plan, study), "ran": sum(run.ran.values()), "ran_done": run.ran["done"],
                "ran_failed": run.ran["failed"], "blocked": len(run.pending),
-               "wall_seconds": round(time.perf_counter() - start, 1)}
+               "wall_seconds": round(time.time() - start, 1)}
     if run.broken:
         raise MattransferError(
             f"a worker process died ({run.broken}); the tasks it was running are recorded as failed."
@@ -92,13 +94,15 @@ def _counts(plan: Plan, study: StudyDir) -> dict[str, Any]:
 class _StudyRun:
     """The state of one run: the plan, tasks pending and running, and what ran."""
 
-    def __init__(self, spec: StudySpec, study: StudyDir, data: dict[str, PreparedData]) -> None:
-        self.spec, self.study, self.data = spec, study, data
+    def __init__(self, spec: StudySpec, study: StudyDir, data: dict[str, PreparedData], started: float) -> None:
+        self.spec, self.study, self.data, self.started = spec, study, data, started
+        self.slots = 0
         self.planner = Planner(spec, data)
         self.plan = self.planner.plan()
         self.pending = {t.hash: t for t in self.plan if not study.is_done(t.hash)}
         self.running: dict[Future, Task] = {}
         self.ran: Counter[str] = Counter()
+        self.ran_hashes: list[str] = []
         self.part2_planned = False
         self.broken = ""
 
@@ -133,6 +137,7 @@ class _StudyRun:
             self.study.write_error(task.hash, f"{type(exc).__name__}: {exc}", traceback.format_exc())
             status = "failed"
         self.ran[status] += 1
+        self.ran_hashes.append(task.hash)
         if status == "failed":
             log.warning("failed %s: %s (%s)", task.describe(), self.study.error(task.hash)["error"],
                         self.study.task_dir(task.hash) / "error.json")
@@ -147,9 +152,23 @@ class _StudyRun:
         write_json(self.study.plan_file, self.plan.to_json())
         write_results(results_table(self.plan, self.study), self.study)
         done = sum(self.study.is_done(t.hash) for t in self.plan)
+        self._record_run(done)
         bar.update(bar.task_ids[0], total=len(self.plan), completed=done,
                    counts=f"done {done} · running {len(self.running)} · failed {self.ran['failed']}"
                           f" · remaining {len(self.pending)}")
+
+    def _record_run(self, done: int) -> None:
+        """This run's record: when it started, on how many workers, what it ran (data preparation included)."""
+        started = datetime.fromtimestamp(self.started, timezone.utc)
+        path = self.study.run_file(started.strftime("%Y%m%dT%H%M%S.%fZ"))
+        path.parent.mkdir(exist_ok=True)
+        write_json(path, {
+            "started": started.isoformat(timespec="seconds"),
+            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "elapsed_seconds": round(time.time() - self.started, 1), "workers": self.slots,
+            "ran_done": self.ran["done"], "ran_failed": self.ran["failed"],
+            "ran_tasks": sorted(self.ran_hashes), "done": done, "tasks": len(self.plan),
+        })
 
     def _plan_part2(self) -> None:
         """Once the Part 1 results it reads are all in, pick Part 2's targets and add its tasks."""

@@ -10,6 +10,8 @@
     tasks/<hash>/            one task: result.json or error.json, model.ckpt (pre-trainings),
                              split.json, history.csv, test_predictions.csv, train.log
     results.parquet, results.csv   the results table
+    runs/<start time>.json   one per `run_study` call: workers, elapsed wall time, tasks it ran
+                             (rewritten as it goes, so a killed run keeps its last state)
 """
 
 from __future__ import annotations
@@ -64,6 +66,9 @@ class StudyDir:
     @property
     def results_csv(self) -> Path:
         return self.root / "results.csv"
+
+    def run_file(self, started: str) -> Path:
+        return self.root / "runs" / f"{started}.json"
 
     def test_ids_file(self, key: str) -> Path:
         return self.root / "splits" / f"{key}_test.json"
