@@ -74,7 +74,8 @@ def main() -> None:
     args = parser.parse_args()
 
     training = TrainingOptions(max_epochs=args.epochs, patience=args.epochs + 1)
-    spec = StudySpec(datasets=[args.key], data_sources=args.data_sources, seeds=[0], pretrain=training,
+    # Two keys as a study needs; eform and bandgap share one file (read once) and one graph file.
+    spec = StudySpec(datasets=["eform", "bandgap"], data_sources=args.data_sources, seeds=[0], pretrain=training,
                      part1={"enabled": False}, part2={"enabled": False}, part3={"enabled": False},
                      part4={"enabled": False})
     with tempfile.TemporaryDirectory() as tmp:

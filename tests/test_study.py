@@ -22,7 +22,7 @@ from mattransfer.models.model import ModelConfig, TransferModel
 from mattransfer.study import (
     COLUMNS, PRESETS, StudySpec, load_spec, pick_part2_targets, run_study, study_status, transfer_gain, write_preset,
 )
-from mattransfer.study.data import PreparedData
+from mattransfer.study.data import PreparedData, _graph_store
 from mattransfer.study.tasks import Planner
 from mattransfer.training.run import train_and_test
 from mattransfer.training.trainer import TrainingOptions
@@ -272,6 +272,9 @@ def test_study_graphs_are_the_cache_file_not_a_copy(tiny_study):
     cache_graphs = sorted((Path(os.environ["MATTRANSFER_CACHE"]) / "graphs").glob("*.pt"))
     assert len(study_graphs) == 2
     assert all(any(os.path.samefile(g, c) for c in cache_graphs) for g in study_graphs)
+    # demo_energy and demo_volume are properties of the same crystals: one file, loaded once per worker.
+    assert os.path.samefile(*study_graphs)
+    assert _graph_store(study_graphs[0]) is _graph_store(study_graphs[1])
 
 
 def test_results_table(tiny_study):

@@ -107,9 +107,21 @@ def _save_tensor(tensor: torch.Tensor, path: Path) -> None:
     tmp.replace(path)
 
 
+_GRAPH_STORES: dict[tuple[int, ...], GraphStore] = {}
+
+
+def _graph_store(path: Path) -> GraphStore:
+    """One `GraphStore` per graph file and process: eform and bandgap link to the same file."""
+    stat = path.stat()
+    key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key not in _GRAPH_STORES:
+        _GRAPH_STORES[key] = GraphStore.load(path)
+    return _GRAPH_STORES[key]
+
+
 def load_prepared(data: PreparedData) -> tuple[Dataset, torch.Tensor | None]:
     """The dataset as training needs it, and its Bravais labels if prepared (worker side)."""
-    graphs = GraphStore.load(data.path / "graphs.pt")
+    graphs = _graph_store(data.path / "graphs.pt")
     y = torch.load(data.path / "targets.pt", weights_only=True).numpy()
     # Training reads ids, targets and graphs; the structures stay with the main process.
     table = PropertyTable(name=data.key, target=data.target, unit=data.unit, source=str(data.path),
