@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import re
 
 import numpy as np
@@ -215,18 +216,32 @@ def test_answers_for_every_part(study):
 
 def test_failures_and_missing_parts_reported(tmp_path, study):
     _, markdown = study
-    assert "| Part 1 — relations between datasets | 144 | 1 | incomplete: 1 failed |" in markdown
+    assert "| Part 1 — relations between datasets | 145 | 144 | 1 | 0 | incomplete: 1 failed |" in markdown
     assert "| 1 | ValueError: piezo: too few samples | 1 |" in markdown
     assert "| 3 | RuntimeError: LoRA rank exceeds layer width | 2 |" in markdown
 
     synthetic_results(seeds=[0], parts=(1,)).to_csv(tmp_path / "results.csv", index=False)
     text = write_report(tmp_path).read_text()
     for part in (2, 3, 4):
-        assert f"| {an.PARTS[part]} | 0 | 0 | missing (no tasks) |" in text
+        assert f"| {an.PARTS[part]} | 0 | 0 | 0 | 0 | missing (no tasks) |" in text
     assert "Data vs physics: not answered" in text and "Relatedness vs transfer: not answered" in text
     assert "n/a (1 seed)" in text
     assert {p.stem for p in (tmp_path / "report" / "figures").glob("*.png")} == {
         "part1_gain_full", "part1_gain_heads", "part1_learning_full", "part1_learning_heads"}
+
+
+def test_tasks_not_run_yet_come_from_the_plan(tmp_path):
+    """A study in progress: the plan's tasks without a result are counted as not run yet, per part."""
+    synthetic_results(seeds=[0], parts=(1,)).to_csv(tmp_path / "results.csv", index=False)
+    status = pd.read_csv(tmp_path / "results.csv")["status"]
+    done, failed = int((status == "done").sum()), int((status == "failed").sum())
+    plan = [{"hash": f"p{k}", "parts": [1]} for k in range(len(status) + 7)] + [{"hash": "q", "parts": [2, 4]}]
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    text = write_report(tmp_path).read_text()
+    assert (f"| {an.PARTS[1]} | {len(status) + 7} | {done} | {failed} | 7 | incomplete: 7 not run yet, {failed} failed |"
+            in text) and failed == 1
+    assert f"| {an.PARTS[2]} | 1 | 0 | 0 | 1 | incomplete: 1 not run yet |" in text
+    assert f"| {an.PARTS[3]} | 0 | 0 | 0 | 0 | missing (no tasks) |" in text
 
 
 def test_empty_results_table(tmp_path):

@@ -8,7 +8,9 @@ the mean over seeds. Sizes in the table are those used, after any cap (noted in 
 
 from __future__ import annotations
 
+import json
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -51,10 +53,24 @@ def load_relatedness(study_dir: Path) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.is_file() else None
 
 
-def task_status(results: pd.DataFrame) -> pd.DataFrame:
-    """Done and failed task counts for every part 1–4 (zeros for a part without rows)."""
+def planned_tasks(study_dir: Path) -> dict[int, int] | None:
+    """Tasks planned per part, from the study's ``plan.json``; None without one (a bare results table)."""
+    path = Path(study_dir) / "plan.json"
+    if not path.is_file():
+        return None
+    return dict(Counter(part for task in json.loads(path.read_text()) for part in task["parts"]))
+
+
+def task_status(results: pd.DataFrame, planned: dict[int, int] | None = None) -> pd.DataFrame:
+    """Planned, done, failed and not yet run task counts for every part 1–4.
+
+    Without ``planned`` the tasks of a part are those with a row (done or failed).
+    """
     counts = pd.crosstab(results["part"], results["status"]).reindex(index=list(PARTS), fill_value=0)
-    return counts.reindex(columns=["done", "failed"], fill_value=0).rename_axis("part").reset_index()
+    counts = counts.reindex(columns=["done", "failed"], fill_value=0).rename_axis("part").reset_index()
+    finished = counts["done"] + counts["failed"]
+    tasks = counts["part"].map(planned or {}).fillna(0).astype(int).clip(lower=finished)
+    return counts.assign(tasks=tasks, not_run=tasks - finished)[["part", "tasks", "done", "failed", "not_run"]]
 
 
 def error_summary(results: pd.DataFrame) -> pd.DataFrame:

@@ -47,7 +47,7 @@ def write_report(study_dir: Path) -> Path:
     results = an.load_results(study_dir)
     doc = _Document(study_dir / "report")
     doc.prepare()
-    _tasks(doc, results)
+    _tasks(doc, results, an.planned_tasks(study_dir))
     rows1 = an.finetune_rows(results, 1)
     cells1 = an.gain_cells(transfer_gain(rows1), [*an.PAIR, "method", "finetune_size"])
     answers = [
@@ -146,6 +146,13 @@ def _pair(source: str, target: str) -> str:
     return f"{source} → {target}"
 
 
+def _state(tasks: int, failed: int, not_run: int) -> str:
+    if tasks == 0:
+        return "missing (no tasks)"
+    left = [f"{n} {what}" for n, what in ((not_run, "not run yet"), (failed, "failed")) if n]
+    return f"incomplete: {', '.join(left)}" if left else "all tasks done"
+
+
 def _order(names: set[str]) -> list[str]:
     """The study's dataset order, then any other names alphabetically."""
     return [k for k in STUDY_KEYS if k in names] + sorted(names - set(STUDY_KEYS))
@@ -165,15 +172,12 @@ def _curves(stats: pd.DataFrame, *, panel: pd.Series, series: pd.Series, x: str)
 
 # --- sections ---------------------------------------------------------------------------------------------
 
-def _tasks(doc: _Document, results: pd.DataFrame) -> None:
+def _tasks(doc: _Document, results: pd.DataFrame, planned: dict[int, int] | None) -> None:
     doc.heading("Tasks")
-    status = an.task_status(results)
+    status = an.task_status(results, planned)
     status["part"] = status["part"].map(an.PARTS)
-    status["state"] = [
-        "missing (no tasks)" if done + failed == 0 else f"incomplete: {failed} failed" if failed else "all tasks done"
-        for done, failed in zip(status["done"], status["failed"])
-    ]
-    doc.table(status)
+    status["state"] = [_state(*counts) for counts in zip(status["tasks"], status["failed"], status["not_run"])]
+    doc.table(status.rename(columns={"not_run": "not run yet"}))
     errors = an.error_summary(results)
     if len(errors):
         doc.text("Failed tasks by error (last line of each error):")
