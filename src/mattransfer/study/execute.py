@@ -123,10 +123,15 @@ class _StudyRun:
             self._finish(task, future)
 
     def _ready(self) -> list[Task]:
-        """Pending tasks whose pre-training is done, part by part (Part 1's results come first, and
-        Part 2's targets need them); within a part pre-trainings first, largest first."""
+        """Pending tasks whose pre-training is done, part by part with Part 2 last; within a part
+        pre-trainings first, largest first.
+
+        Part 2's fine-tunes wait for Part 1's results anyway, and its pre-trainings are the study's
+        longest tasks: the other parts' answers come first.
+        """
         ready = [t for t in self.pending.values() if t.pretrain is None or self.study.is_done(t.pretrain)]
-        return sorted(ready, key=lambda t: (min(t.parts), t.kind != "pretrain", -t.size if t.kind == "pretrain" else 0))
+        return sorted(ready, key=lambda t: (min(t.parts) == 2, min(t.parts), t.kind != "pretrain",
+                                            -t.size if t.kind == "pretrain" else 0))
 
     def _finish(self, task: Task, future: Future) -> None:
         try:
