@@ -23,6 +23,8 @@ from mattransfer.study import (
     COLUMNS, PRESETS, StudySpec, load_spec, pick_part2_targets, run_study, study_status, transfer_gain, write_preset,
 )
 from mattransfer.study.data import PreparedData, _graph_store
+from mattransfer.study.execute import _StudyRun
+from mattransfer.study.layout import StudyDir
 from mattransfer.study.tasks import Planner
 from mattransfer.training.run import train_and_test
 from mattransfer.training.trainer import TrainingOptions
@@ -145,6 +147,17 @@ def test_part2_expansion_caps_and_dedupes():
     assert len(scratch) == 3 * 3  # gvrh, piezo, phonons at 900 (piezo capped at 846)
     assert {t.size for t in scratch} == {900, 846}
     assert len(plan) == before + len(part2) - len(pretrains)
+
+
+def test_ready_tasks_go_part_by_part_with_part2_last(tmp_path):
+    paper = load_spec("paper")
+    run = _StudyRun(paper, StudyDir(tmp_path), planner(paper).data, started=0.0)
+    ready = run._ready()  # nothing done: the pre-trainings and the scratch baselines
+    parts = [min(t.parts) for t in ready]
+    assert parts == sorted(parts, key=lambda p: (p == 2, p)) and parts[-1] == 2
+    assert ready[0].kind == "pretrain" and ready[0].size == 941
+    part2 = [t.size for t in ready if t.parts == {2}]
+    assert part2 == sorted(part2, reverse=True) and part2[0] == 33063
 
 
 def test_hash_changes_with_what_determines_a_task():
