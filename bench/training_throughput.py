@@ -10,6 +10,10 @@ What it measures
                     slicing of the collated tensors, ``GraphStore.batch``) into the default encoder,
                     whose ``FactorizedCGConv`` layers apply the atom blocks of CGConv's linear maps
                     per atom instead of per edge.
+       compiled     mattransfer with ``compile: true`` (the encoder compiled in place with
+                    ``torch.compile(dynamic=True)``, as ``train_and_test`` does); each run's epoch 0,
+                    left out of the medians as for every arm, holds the compilation (the first run's
+                    most, later runs reuse the compiled code) and is recorded.
        stock_conv   the same batches into the same model with PyG's stock ``CGConv`` layers (the same
                     weights): separates the batching gain from the convolution's.
        pyg          the plain PyG baseline: one ``torch_geometric.data.Data(z, edge_index, distance, y)``
@@ -75,7 +79,7 @@ from mattransfer.models.model import ModelConfig, TransferModel
 from mattransfer.training.run import Dataset, train_and_test
 from mattransfer.training.trainer import Batches, TrainingOptions
 
-ARMS = ("mattransfer", "stock_conv", "pyg")
+ARMS = ("mattransfer", "compiled", "stock_conv", "pyg")
 CPU = torch.device("cpu")
 EpochBatches = Callable[[], Iterable[tuple]]  # one epoch of (graph batch, y) pairs
 
@@ -148,7 +152,7 @@ def check_same_input(models: dict[str, TransferModel], graphs: GraphStore, sampl
     with torch.no_grad():
         for arm, model in models.items():
             inputs = Batch.from_data_list(data[:16]) if arm == "pyg" else graphs.batch(sample.positions[:16])
-            outputs.append(copy.deepcopy(model).eval()(inputs))
+            outputs.append(arm_model(arm, model).eval()(inputs))
     return max(float((out - outputs[0]).abs().max()) for out in outputs)
 
 
@@ -202,12 +206,21 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, source: Epoc
 
 
 def make_optimizer(arm: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    """``trainer.fit``'s fused AdamW for mattransfer; torch's default AdamW for the baselines."""
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=arm == "mattransfer" or None)
+    """``trainer.fit``'s fused AdamW for mattransfer's arms; torch's default AdamW for the baselines."""
+    ours = arm in ("mattransfer", "compiled")
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=ours or None)
+
+
+def arm_model(arm: str, model: TransferModel) -> TransferModel:
+    """A fresh copy of the arm's model; compiled as ``train_and_test(compile=True)`` compiles it."""
+    model = copy.deepcopy(model)
+    if arm == "compiled":
+        model.encoder.compile(dynamic=True)
+    return model
 
 
 def train_run(arm: str, model: TransferModel, source: EpochBatches, epochs: int, lr: float) -> list[EpochTimes]:
-    model = copy.deepcopy(model)
+    model = arm_model(arm, model)
     optimizer = make_optimizer(arm, model, lr)
     return [train_epoch(model, optimizer, source) for _ in range(epochs)]
 
@@ -241,7 +254,9 @@ def throughput_row(models: dict[str, TransferModel], graphs: GraphStore, sample:
     pyg = summary["pyg"]["structures_per_s"]
     return {"batch_size": batch_size, **summary,
             "ratio_throughput_mattransfer_over_pyg": summary["mattransfer"]["structures_per_s"] / pyg,
-            "ratio_throughput_stock_conv_over_pyg": summary["stock_conv"]["structures_per_s"] / pyg}
+            "ratio_throughput_stock_conv_over_pyg": summary["stock_conv"]["structures_per_s"] / pyg,
+            "ratio_throughput_compiled_over_pyg": summary["compiled"]["structures_per_s"] / pyg,
+            "compiled_first_epoch_s": [run[0].total_s for run in runs["compiled"]]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,7 +272,7 @@ def profile_steps(arm: str, model: TransferModel, source: EpochBatches, steps: i
     """
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    model = copy.deepcopy(model)
+    model = arm_model(arm, model)
     optimizer = make_optimizer(arm, model, lr)
     train_epoch(model, optimizer, source)
     model.train()
@@ -324,7 +339,9 @@ def print_throughput(rows: list[dict]) -> None:
                   f" {s['structures_per_s']:>8.0f} | {p['data_s']:.3f} / {p['forward_s']:.3f} /"
                   f" {p['backward_s']:.3f} / {p['optimizer_s']:.3f}")
         print(f"{'':>5} ratio over pyg: mattransfer {row['ratio_throughput_mattransfer_over_pyg']:.2f},"
-              f" stock_conv {row['ratio_throughput_stock_conv_over_pyg']:.2f}")
+              f" compiled {row['ratio_throughput_compiled_over_pyg']:.2f},"
+              f" stock_conv {row['ratio_throughput_stock_conv_over_pyg']:.2f};"
+              f" compiled warm-up epochs (s): {', '.join(f'{t:.1f}' for t in row['compiled_first_epoch_s'])}")
 
 
 def print_profile(profiles: dict[str, list[dict]], batch_size: int, steps: int) -> None:
@@ -371,7 +388,7 @@ def main() -> None:
     data = pyg_data_list(graphs, sample)
     model = initial_model(args.seed)
     stock = with_stock_cgconv(model)
-    models = {"mattransfer": model, "stock_conv": stock, "pyg": stock}
+    models = {"mattransfer": model, "compiled": model, "stock_conv": stock, "pyg": stock}
     same_input_diff = check_same_input(models, graphs, sample, data)
     print(f"same 16 graphs through every arm: max |output diff| = {same_input_diff:.1e}")
 

@@ -165,6 +165,9 @@ def test_hash_changes_with_what_determines_a_task():
     task = base.pretrain("gvrh", 941, 0)
     # The paper preset spells out the defaults: equal settings, however written, are one task.
     assert planner(StudySpec(datasets=list(POOLS))).pretrain("gvrh", 941, 0).hash == task.hash
+    # Execution settings do not change what a task computes (beyond float tolerance): the same task.
+    executed = planner(load_spec("paper").model_copy(update={"compile": False, "device": "cpu"}))
+    assert executed.pretrain("gvrh", 941, 0).hash == task.hash
     assert base.pretrain("gvrh", 941, 1).hash != task.hash
     assert base.pretrain("gvrh", 941, 0, aux_lambda=0.1).hash != task.hash
     other_lr = planner(load_spec("paper").model_copy(update={"pretrain": TrainingOptions(lr=1e-2)}))

@@ -14,7 +14,7 @@ from mattransfer.errors import ConfigError, format_validation_error
 from mattransfer.finetune import METHODS, MethodOptions
 from mattransfer.graphs.build import GraphSettings
 from mattransfer.models.model import ModelConfig
-from mattransfer.training.trainer import TrainingOptions
+from mattransfer.training.trainer import COMPILE_HELP, TrainingOptions
 
 
 class DataConfig(BaseModel):
@@ -69,6 +69,7 @@ class TrainConfig(BaseModel):
 
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1 …")
+    compile: bool = Field(False, description=COMPILE_HELP)
     output_dir: Path = Path("runs/run")
     data_sources: Path | None = Field(None, description="YAML with data_dir and per-key local files")
     data: DataConfig

@@ -20,7 +20,7 @@ from mattransfer.errors import ConfigError, format_validation_error
 from mattransfer.finetune import METHODS
 from mattransfer.graphs.build import GraphSettings
 from mattransfer.models.model import ModelConfig
-from mattransfer.training.trainer import TrainingOptions
+from mattransfer.training.trainer import COMPILE_HELP, TrainingOptions
 
 PRESETS = ("paper", "quick")
 
@@ -128,6 +128,7 @@ class StudySpec(_Section):
     pretrain_cap: int = Field(941, ge=2, description="pre-training samples, at most (capped at the pool)")
     finetune_sizes: Sizes = Field(default_factory=lambda: [10, 100, 200, 500, 800])
     device: str = Field("auto", description="auto, cpu, cuda …")
+    compile: bool = Field(False, description=COMPILE_HELP)
     graphs: GraphSettings = Field(default_factory=GraphSettings)
     model: ModelConfig = Field(default_factory=ModelConfig)
     pretrain: TrainingOptions = Field(default_factory=TrainingOptions)

@@ -95,6 +95,7 @@ def _train(task: Task, spec: StudySpec, data: PreparedData, study: StudyDir) -> 
     fit, metrics = train_and_test(
         model, dataset, split, training, groups, seed=task.seed, device=device, run_dir=task_dir, progress=False,
         description=task.describe(), aux_labels=labels if task.aux_weight else None, aux_weight=task.aux_weight,
+        compile=spec.compile,
     )
     if task.kind == "pretrain":
         model.cpu().save(study.checkpoint(task.hash), task=task.to_json())

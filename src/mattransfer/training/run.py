@@ -79,11 +79,12 @@ def train_and_test(
     description: str = "training",
     aux_labels: torch.Tensor | None = None,
     aux_weight: float = 0.0,
+    compile: bool = False,
 ) -> tuple[FitResult, dict]:
     """Standardise on the train split, fit with early stopping, and test the best-validation model.
 
     ``aux_labels`` (a class index per row of ``data``) and ``aux_weight`` add the auxiliary
-    classification loss of structure-biased pre-training (see `fit`).
+    classification loss of structure-biased pre-training (see `fit`). ``compile``: see `trainer.COMPILE_HELP`.
     """
     assert_disjoint(split.train, split.val, split.test)
     model.encoder.check_elements(data.graphs)
@@ -102,6 +103,8 @@ def train_and_test(
     if "encoder" in model.frozen and not aux_weight:  # a frozen featurizer: encode once, train the head
         trained = model.head
         train_batches, val_batches = (EmbeddingBatches(b, model.encoder) for b in (train_batches, val_batches))
+    elif compile:  # in place: the state dict keeps its keys; compiled code is reused by later models
+        model.encoder.compile(dynamic=True)
     result = fit(
         trained, train_batches, val_batches, groups, training, seed=seed, aux_weight=aux_weight,
         history_csv=run_dir / "history.csv" if run_dir else None, progress=progress, description=description,
@@ -175,6 +178,7 @@ def run(config: TrainConfig, progress: bool = True) -> dict:
             model, data, split, config.training, groups, seed=config.seed,
             device=resolve_device(config.device), run_dir=run_dir, progress=progress,
             description=f"{config.finetune.method if config.finetune else 'train'} {table.name}",
+            compile=config.compile,
         )
         model.cpu().save(run_dir / "model.ckpt", config=config.resolved())
         summary = {
