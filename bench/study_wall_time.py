@@ -11,11 +11,17 @@ What it measures
       wall time directly; one resumed across runs (or code versions) is the sum of its runs;
     * ``--since ISO-TIME``: only tasks that finished after that time (to leave out tasks run by an
       earlier version of the code), with their sum divided by the workers as the ideal wall time.
+    * ``--cost-model RUN``: an estimate, for a grid run partly by older code, of what every done task
+      would take at the cost of the tasks that run ``RUN`` (index into ``runs/``, -1 the latest) ran:
+      each task's epochs times the median seconds per epoch of that run's tasks of the same target,
+      size and kind (graph training or ``heads``). Tasks without such a measurement keep their own
+      time and are counted.
 
 How to run (by hand, not a test; reads files only, seconds)
     . .venv/bin/activate
     python bench/study_wall_time.py studies/paper-seed0
     python bench/study_wall_time.py studies/paper-seed0 --since 2026-11-22T05:02:00
+    python bench/study_wall_time.py studies/paper-seed0 --cost-model -1
 
 It prints tables and writes ``bench/results/study_wall_time.json`` with the command line and machine.
 """
@@ -45,6 +51,7 @@ def task_frame(root: Path) -> pd.DataFrame:
         finished = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc) if done else None
         for part in task["parts"]:
             rows.append({"part": part, "hash": task["hash"], "kind": task["kind"], "method": task["method"],
+                         "cost_class": "heads" if task["method"] == "heads" else task["kind"],
                          "dataset": task["dataset"], "size": task["size"], "source": task["source"],
                          "done": done, "wall_s": result.get("wall_seconds"), "epochs": result.get("epochs_run"),
                          "finished": finished})
@@ -67,11 +74,25 @@ def summarise(frame: pd.DataFrame, workers: int) -> dict:
     }
 
 
+def cost_model_estimate(frame: pd.DataFrame, ran: set[str]) -> pd.DataFrame:
+    """``frame``'s done tasks with ``estimated_s``: epochs × the median s/epoch of the tasks in ``ran``
+    with the same target, size and cost class; their own ``wall_s`` where none was measured."""
+    done = frame[frame["done"]].copy()
+    keys = ["dataset", "size", "cost_class"]
+    measured = done[done["hash"].isin(ran)]
+    per_epoch = (measured["wall_s"] / measured["epochs"]).groupby([measured[k] for k in keys]).median()
+    modelled = pd.Series([per_epoch.get(tuple(row[k] for k in keys)) for _, row in done.iterrows()], index=done.index)
+    done["modelled"] = modelled.notna()
+    done["estimated_s"] = (modelled * done["epochs"]).where(done["modelled"], done["wall_s"])
+    return done
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("study_dir", type=Path)
     parser.add_argument("--since", help="ISO time: count only tasks that finished after it")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="for the ideal wall time")
+    parser.add_argument("--cost-model", type=int, metavar="RUN", help="estimate every task at run RUN's costs")
     args = parser.parse_args()
 
     frame = task_frame(args.study_dir)
@@ -92,8 +113,25 @@ def main() -> None:
         print(f"  {run['started']}: {run['elapsed_seconds'] / 60:.1f} min on {run['workers']} workers,"
               f" ran {run['ran_done']} done / {run['ran_failed']} failed; study {run['done']}/{run['tasks']}")
 
+    estimate = {}
+    if args.cost_model is not None:
+        ran = set(runs[args.cost_model]["ran_tasks"])
+        done = cost_model_estimate(frame, ran)
+        print(f"\ncost model from the run of {runs[args.cost_model]['started']} ({len(ran)} tasks):")
+        for p in sorted(done["part"].unique()):
+            tasks = done[done["part"] == p]
+            estimate[int(p)] = {"tasks": int(len(tasks)), "modelled": int(tasks["modelled"].sum()),
+                                "estimated_task_seconds": float(tasks["estimated_s"].sum()),
+                                "measured_task_seconds": float(tasks["wall_s"].sum()),
+                                "estimated_ideal_wall_seconds": float(tasks["estimated_s"].sum()) / args.workers}
+            e = estimate[int(p)]
+            print(f"  part {p}: {e['tasks']} tasks ({e['modelled']} modelled), estimated task seconds"
+                  f" {e['estimated_task_seconds']:,.0f} (measured {e['measured_task_seconds']:,.0f})"
+                  f" -> {e['estimated_ideal_wall_seconds'] / 60:,.1f} min on {args.workers} workers (ideal)")
+
     report = {"command": command_line(), "study_dir": str(args.study_dir), "since": args.since,
-              "workers": args.workers, "parts": parts, "study": whole, "runs": runs, "machine": machine()}
+              "workers": args.workers, "parts": parts, "study": whole, "runs": runs,
+              "cost_model_run": args.cost_model, "cost_model_estimate": estimate, "machine": machine()}
     print(f"\nwrote {save_report('study_wall_time', report)}")
 
 

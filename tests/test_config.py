@@ -182,3 +182,19 @@ def test_real_dataset_through_data_sources_yaml(tmp_path, monkeypatch):
 def test_config_data_sources_is_a_path(make_config, tmp_path):
     assert isinstance(make_config(data_sources=str(tmp_path / "s.yaml")).data_sources, Path)
     assert TrainConfig.model_validate({**BASE}).data_sources is None
+
+
+def test_shipped_options_and_study_files_are_valid(monkeypatch):
+    """Every file in configs/ loads: training options, study specs, the data-sources map."""
+    from mattransfer.study.spec import load_spec
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # paths in the files are relative to the repository root
+    files = sorted((root / "configs").glob("*.yaml"))
+    studies = [f for f in files if f.name.startswith("study-")]
+    assert len(studies) == 2
+    for path in studies:
+        assert load_spec(path).seeds == [0]
+    assert load_config(root / "configs" / "finetune_phonons.yaml").finetune.method == "heads"
+    assert load_config(root / "configs" / "pretrain_eform.yaml").finetune is None
+    assert DataSources.from_yaml(root / "configs" / "shared-data.yaml").spec("eform").target == "formation_energy_per_atom"
