@@ -134,5 +134,5 @@ def test_store_save_load_round_trip(demo_energy, graph_settings, tmp_path):
     store = build_graphs(_subset(demo_energy, 12, "roundtrip"), graph_settings, progress=False)
     path = tmp_path / "graphs.pt"
     store.save(path)
-    assert not path.with_suffix(".tmp").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["graphs.pt"]  # no temporary file left
     _assert_stores_equal(GraphStore.load(path), store)

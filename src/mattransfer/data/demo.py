@@ -7,8 +7,6 @@ them has learned something genuinely useful for the others.
 
 from __future__ import annotations
 
-import os
-import uuid
 import warnings
 from pathlib import Path
 
@@ -22,6 +20,8 @@ from ase.eos import EquationOfState
 from ase.units import GPa
 from matminer.utils.io import load_dataframe_from_json, store_dataframe_as_json
 from pymatgen.io.ase import AseAtomsAdaptor
+
+from mattransfer.fileio import atomic_path
 
 __all__ = ["ELEMENTS", "TARGETS", "build_demo_frame", "demo_path"]
 
@@ -157,15 +157,9 @@ def demo_path(cache_dir: Path, n_structures: int = 300, seed: int = 0) -> Path:
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     frame = build_demo_frame(n_structures, seed)
-    # Unique per writer; must end in .gz because matminer picks compression from the suffix.
-    tmp_name = str(cache_dir / f".{path.name}.{uuid.uuid4().hex}.tmp.gz")
-    try:
-        store_dataframe_as_json(frame, tmp_name, compression="gz", orient="split", pbar=False)
-        _check_round_trip(frame, load_dataframe_from_json(tmp_name, pbar=False))
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, suffix=".gz") as tmp:  # .gz: matminer picks compression from the suffix
+        store_dataframe_as_json(frame, str(tmp), compression="gz", orient="split", pbar=False)
+        _check_round_trip(frame, load_dataframe_from_json(str(tmp), pbar=False))
     return path
 
 

@@ -16,6 +16,7 @@ from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 from rich.progress import Progress
 
 from mattransfer.data.table import PropertyTable
+from mattransfer.fileio import atomic_path
 from mattransfer.graphs.build import GraphSettings, structures_hash
 from mattransfer.paths import cache_dir
 
@@ -66,7 +67,6 @@ def cached_bravais_labels(table: PropertyTable, settings: GraphSettings, progres
         return np.load(path)
     labels = bravais_labels(table, progress)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, labels)
-    tmp.replace(path)
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, labels)
     return labels

@@ -14,6 +14,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from mattransfer.fileio import atomic_path
+
 
 @dataclass
 class GraphBatch:
@@ -78,9 +80,8 @@ class GraphStore:
         )
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp")
-        torch.save({f.name: getattr(self, f.name) for f in fields(self)}, tmp)
-        tmp.replace(path)  # atomic: a killed build never leaves a half-written cache
+        with atomic_path(path) as tmp:  # a killed build never leaves a half-written cache
+            torch.save({f.name: getattr(self, f.name) for f in fields(self)}, tmp)
 
     @classmethod
     def load(cls, path: Path) -> GraphStore:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
 from mattransfer.errors import ConfigError
+from mattransfer.fileio import atomic_path
 from mattransfer.graphs.build import GraphSettings
 from mattransfer.graphs.store import GraphBatch
 from mattransfer.models.encoders import ENCODERS
@@ -132,10 +133,8 @@ class TransferModel(nn.Module):
             "state_dict": self.state_dict(),
             **extra,
         }
-        path = Path(path)
-        tmp = path.with_suffix(".tmp")
-        torch.save(checkpoint, tmp)
-        tmp.replace(path)
+        with atomic_path(Path(path)) as tmp:
+            torch.save(checkpoint, tmp)
 
     @classmethod
     def load(cls, path: Path) -> TransferModel:

@@ -23,9 +23,10 @@ from mattransfer.data.registry import DataSources, release_read_cache
 from mattransfer.data.splits import fixed_test_ids
 from mattransfer.data.symmetry import cached_bravais_labels
 from mattransfer.data.table import PropertyTable
+from mattransfer.fileio import atomic_path, write_atomic, write_json
 from mattransfer.graphs.build import GraphSettings, cached_graphs_file, structures_hash
 from mattransfer.graphs.store import GraphStore
-from mattransfer.study.layout import StudyDir, write_atomic, write_json
+from mattransfer.study.layout import StudyDir
 from mattransfer.study.relatedness import property_relatedness
 from mattransfer.study.spec import StudySpec
 from mattransfer.training.run import Dataset
@@ -92,19 +93,16 @@ def _prepare(table: PropertyTable, spec: StudySpec, study: StudyDir, labels: boo
 def _link_or_copy(source: Path, path: Path) -> None:
     """A hard link to the graph cache file: the study directory stays self-contained (workers on
     other machines read it) without a second copy on disk; a copy where links cannot be made."""
-    tmp = path.with_suffix(".tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
 
 
 def _save_tensor(tensor: torch.Tensor, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(tensor, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        torch.save(tensor, tmp)
 
 
 _GRAPH_STORES: dict[tuple[int, ...], GraphStore] = {}

@@ -24,7 +24,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from mattransfer.errors import MattransferError
 from mattransfer.study.data import PreparedData, prepare_datasets
 from mattransfer.study.executors import open_executor
-from mattransfer.study.layout import StudyDir, write_atomic, write_json
+from mattransfer.fileio import write_atomic, write_json
+from mattransfer.study.layout import StudyDir
 from mattransfer.study.results import pick_part2_targets, results_table, write_results
 from mattransfer.study.spec import StudySpec
 from mattransfer.study.tasks import Plan, Planner, Task

@@ -7,12 +7,12 @@ source, no pre-training size and no λ.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pandas as pd
 
-from mattransfer.study.layout import StudyDir, write_atomic
+from mattransfer.fileio import atomic_path, write_atomic
+from mattransfer.study.layout import StudyDir
 from mattransfer.study.tasks import Plan, Task
 
 COLUMNS = [
@@ -59,9 +59,8 @@ def _row(task: Task, part: int, result: dict | None, error: dict | None) -> dict
 
 def write_results(table: pd.DataFrame, study: StudyDir) -> None:
     """``results.parquet`` and ``results.csv``, each replaced atomically."""
-    tmp = study.results_parquet.with_name(f".{study.results_parquet.name}.tmp")
-    table.to_parquet(tmp, index=False)
-    os.replace(tmp, study.results_parquet)
+    with atomic_path(study.results_parquet) as tmp:
+        table.to_parquet(tmp, index=False)
     write_atomic(study.results_csv, table.to_csv(index=False))
 
 
