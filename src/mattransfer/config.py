@@ -46,7 +46,7 @@ class DataConfig(BaseModel):
 class FinetuneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["scratch", "full", "heads", "freeze", "lora"]
+    method: Literal["scratch", "full", "heads", "freeze", "lora", "last_layer"]
     read_from: Path = Field(description="checkpoint of the pre-trained model")
     config: dict[str, Any] = Field(default_factory=dict, validate_default=True, description="the method's options")
 
