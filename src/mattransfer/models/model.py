@@ -71,7 +71,11 @@ class TransferModel(nn.Module):
     @torch.no_grad()
     def predict(self, batch: GraphBatch) -> Tensor:
         """Predictions in the target's physical unit (float64)."""
-        return self(batch).double() * self.target_std + self.target_mean
+        return self.unstandardise(self(batch))
+
+    def unstandardise(self, output: Tensor) -> Tensor:
+        """The head's standardised output in the target's physical unit (float64)."""
+        return output.double() * self.target_std + self.target_mean
 
     def set_target(self, dataset: str, name: str, unit: str, y_train: Tensor) -> None:
         """Standardise with the training split's mean and std (std of one sample is taken as 1)."""

@@ -80,11 +80,14 @@ def train_and_test(
     aux_labels: torch.Tensor | None = None,
     aux_weight: float = 0.0,
     compile: bool = False,
+    latent: torch.Tensor | None = None,
 ) -> tuple[FitResult, dict]:
     """Standardise on the train split, fit with early stopping, and test the best-validation model.
 
     ``aux_labels`` (a class index per row of ``data``) and ``aux_weight`` add the auxiliary
     classification loss of structure-biased pre-training (see `fit`). ``compile``: see `trainer.COMPILE_HELP`.
+    ``latent``: the frozen encoder's output for every graph of ``data`` (see `encode`), when the caller
+    trains several heads on one encoder. An empty split part (no test set) is skipped.
     """
     assert_disjoint(split.train, split.val, split.test)
     model.encoder.check_elements(data.graphs)
@@ -95,23 +98,23 @@ def train_and_test(
     model.to(device)
     batches = {
         name: Batches(data.graphs, pos, y_std[pos], training.batch_size, device)
-        for name, pos in (("train", train_pos), ("val", val_pos), ("test", test_pos))
+        for name, pos in (("train", train_pos), ("val", val_pos), ("test", test_pos)) if len(pos)
     }
     if aux_labels is not None:
         batches["train"].labels = aux_labels[train_pos]
-    trained, train_batches, val_batches = model, batches["train"], batches["val"]
+    trained = model
     if "encoder" in model.frozen and not aux_weight:  # a frozen featurizer: encode once, train the head
         trained = model.head
-        train_batches, val_batches = (EmbeddingBatches(b, model.encoder) for b in (train_batches, val_batches))
+        batches = {name: EmbeddingBatches(b, model.encoder, latent) for name, b in batches.items()}
     elif compile:  # in place: the state dict keeps its keys; compiled code is reused by later models
         model.encoder.compile(dynamic=True)
     result = fit(
-        trained, train_batches, val_batches, groups, training, seed=seed, aux_weight=aux_weight,
+        trained, batches["train"], batches["val"], groups, training, seed=seed, aux_weight=aux_weight,
         history_csv=run_dir / "history.csv" if run_dir else None, progress=progress, description=description,
     )
     predictions = {name: predict_batches(model, b) for name, b in batches.items()}
     metrics = {name: regression_metrics(y[b.positions].numpy(), predictions[name].numpy()) for name, b in batches.items()}
-    if run_dir is not None:  # per-sample test errors, for paired comparisons between runs
+    if run_dir is not None and "test" in batches:  # per-sample test errors, for paired comparisons between runs
         pd.DataFrame({"id": split.test, "y_true": y[test_pos].numpy(), "y_pred": predictions["test"].numpy()}
                      ).to_csv(run_dir / "test_predictions.csv", index=False)
     return result, metrics
@@ -119,9 +122,13 @@ def train_and_test(
 
 @torch.no_grad()
 def predict_batches(model: TransferModel, batches: Batches) -> torch.Tensor:
-    """Predictions in the target's physical unit, in the order of ``batches.positions``."""
+    """Predictions in the target's physical unit, in the order of ``batches.positions``.
+
+    `EmbeddingBatches` hold the encoder's output already: only the head runs on them.
+    """
     model.eval()
-    return torch.cat([model.predict(b).cpu() for b, *_ in batches.epoch()])
+    forward = model.head if isinstance(batches, EmbeddingBatches) else model
+    return torch.cat([model.unstandardise(forward(b)).cpu() for b, *_ in batches.epoch()])
 
 
 @contextmanager

@@ -97,15 +97,24 @@ class EmbeddingBatches(Batches):
     head trains on it: same batches, same shuffles, same result, without an encoder pass per epoch.
     """
 
-    def __init__(self, batches: Batches, encoder: nn.Module, encode_batch_size: int = 512) -> None:
+    def __init__(self, batches: Batches, encoder: nn.Module, store_latent: Tensor | None = None) -> None:
         super().__init__(batches.store, batches.positions, batches.y, batches.batch_size, batches.device, batches.labels)
-        whole = Batches(batches.store, batches.positions, batches.y, encode_batch_size, batches.device)
-        encoder.eval()
-        with torch.no_grad():
-            self.latent = torch.cat([encoder(graphs) for graphs, _ in whole.epoch()])
+        # ``store_latent``: the same encoder's output for every graph of the store, computed once by a
+        # caller that trains several heads on one frozen encoder (an ensemble); sliced, not recomputed.
+        self.latent = (store_latent[batches.positions].to(batches.device) if store_latent is not None
+                       else encode(encoder, batches.store, batches.positions, batches.device))
 
     def inputs(self, chunk: Tensor) -> Tensor:
         return self.latent[chunk]
+
+
+@torch.no_grad()
+def encode(encoder: nn.Module, store: GraphStore, positions: Tensor, device: torch.device,
+           batch_size: int = 512) -> Tensor:
+    """The (frozen) encoder's latent vectors of the graphs at ``positions``, in that order."""
+    encoder.eval()
+    whole = Batches(store, positions, torch.zeros(len(positions)), batch_size, device)
+    return torch.cat([encoder(graphs) for graphs, _ in whole.epoch()]) if len(positions) else torch.empty(0)
 
 
 def fit(
