@@ -65,31 +65,7 @@ class PropertyTable:
             raise DataError(
                 f"{source}: target column {target!r} not found; columns are {list(frame.columns)}."
             )
-        if structure_column not in frame.columns:
-            if "composition" in frame.columns:
-                raise DataError(
-                    f"{source}: composition-only data (column 'composition', no {structure_column!r}"
-                    " column). mattransfer's models are crystal graph networks and need structures;"
-                    " point this dataset at a file with structures."
-                )
-            raise DataError(
-                f"{source}: structure column {structure_column!r} not found;"
-                f" columns are {list(frame.columns)}."
-            )
-        ids = [str(i) for i in (frame[id_column] if id_column else frame.index)]
-        duplicated = pd.Index(ids)[pd.Index(ids).duplicated()].unique().tolist()
-        if duplicated:
-            raise DataError(
-                f"{source}: duplicate ids {duplicated[:5]}{' …' if len(duplicated) > 5 else ''}"
-                f" ({len(duplicated)} in all); every row needs a unique id."
-            )
-        structures = list(frame[structure_column])
-        for row_id, structure in zip(ids, structures):
-            if not isinstance(structure, Structure):
-                raise DataError(
-                    f"{source}: row {row_id!r} column {structure_column!r} holds"
-                    f" {type(structure).__name__}, not a pymatgen Structure."
-                )
+        ids, structures = _ids_and_structures(frame, source, structure_column, id_column)
         y = pd.to_numeric(frame[target], errors="coerce").to_numpy(dtype=np.float64)
         keep = np.isfinite(y)
         dropped = {}
@@ -112,3 +88,47 @@ class PropertyTable:
             y=y[keep],
             dropped=dropped,
         )
+
+    @classmethod
+    def unlabelled(
+        cls, frame: pd.DataFrame, *, name: str, source: str, structure_column: str = "structure",
+        id_column: str | None = None,
+    ) -> PropertyTable:
+        """Structures whose property is not known yet (targets NaN): a pool to choose labels from."""
+        if frame.empty:
+            raise DataError(f"{source}: the dataset is empty (no rows).")
+        ids, structures = _ids_and_structures(frame, source, structure_column, id_column)
+        return cls(name=name, target="", unit="", source=source, ids=ids, structures=structures,
+                   y=np.full(len(ids), np.nan))
+
+
+def _ids_and_structures(
+    frame: pd.DataFrame, source: str, structure_column: str, id_column: str | None
+) -> tuple[list[str], list[Structure]]:
+    """Unique string ids and pymatgen structures of every row; errors name the column or row."""
+    if structure_column not in frame.columns:
+        if "composition" in frame.columns:
+            raise DataError(
+                f"{source}: composition-only data (column 'composition', no {structure_column!r}"
+                " column). mattransfer's models are crystal graph networks and need structures;"
+                " point this dataset at a file with structures."
+            )
+        raise DataError(
+            f"{source}: structure column {structure_column!r} not found;"
+            f" columns are {list(frame.columns)}."
+        )
+    ids = [str(i) for i in (frame[id_column] if id_column else frame.index)]
+    duplicated = pd.Index(ids)[pd.Index(ids).duplicated()].unique().tolist()
+    if duplicated:
+        raise DataError(
+            f"{source}: duplicate ids {duplicated[:5]}{' …' if len(duplicated) > 5 else ''}"
+            f" ({len(duplicated)} in all); every row needs a unique id."
+        )
+    structures = list(frame[structure_column])
+    for row_id, structure in zip(ids, structures):
+        if not isinstance(structure, Structure):
+            raise DataError(
+                f"{source}: row {row_id!r} column {structure_column!r} holds"
+                f" {type(structure).__name__}, not a pymatgen Structure."
+            )
+    return ids, structures
