@@ -1,4 +1,4 @@
-"""``mattransfer`` command line: train, eval, predict, datasets, demo, study, report."""
+"""``mattransfer`` command line: train, eval, predict, datasets, demo, study, select, report."""
 
 from __future__ import annotations
 
@@ -95,6 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     study_preset.add_argument("name", help="preset name (quick, paper)")
     study_preset.add_argument("path", type=Path)
     study_preset.set_defaults(handler=_study_preset)
+
+    select = commands.add_parser(
+        "select", help="choose which structures to label next by ensemble deviation (DP-GEN's simplify step)",
+        description="`select OPTIONS.yaml`: fine-tune an ensemble on the labelled file, rank the unlabelled pool by"
+                    " the members' deviation and write selected.csv. `select simulate SPEC.yaml --out DIR`:"
+                    " measure the loop against random choice on data whose labels are hidden until picked"
+                    " (resumable), then write its report.")
+    select.add_argument("what", nargs="+", metavar="OPTIONS.yaml | simulate SPEC.yaml",
+                        help="a select options YAML, or `simulate` and a simulation spec (configs/label-selection.yaml)")
+    select.add_argument("--out", type=Path, help="simulation directory (records, results); simulate only")
+    select.add_argument("--report-dir", type=Path, help="where simulate writes its report (default: OUT/report)")
+    select.set_defaults(handler=_select)
 
     report = commands.add_parser("report", help="write the study's Markdown/HTML report with figures")
     report.add_argument("study_dir", type=Path)
@@ -235,6 +247,29 @@ def _study_preset(args: argparse.Namespace) -> None:
     from mattransfer.study import write_preset
 
     print(f"wrote {write_preset(args.name, args.path)}")
+
+
+def _select(args: argparse.Namespace) -> None:
+    from mattransfer.errors import ConfigError
+
+    if args.what[0] == "simulate":
+        if len(args.what) != 2 or args.out is None:
+            raise ConfigError("usage: mattransfer select simulate SPEC.yaml --out DIR [--report-dir DIR]")
+        from mattransfer.report.label_selection import write_selection_report
+        from mattransfer.study.label_selection import load_simulation_spec, simulate
+
+        simulate(load_simulation_spec(Path(args.what[1])), args.out)
+        print(f"wrote {write_selection_report(args.out, args.report_dir or args.out / 'report')}")
+        return
+    if len(args.what) != 1 or args.out or args.report_dir:
+        raise ConfigError("usage: mattransfer select OPTIONS.yaml  (--out and --report-dir belong to `select simulate`)")
+    from mattransfer.selection import load_select_config, select
+
+    config = load_select_config(Path(args.what[0]))
+    selected = select(config)
+    print(selected.to_string(index=False, float_format=lambda v: f"{v:.4g}") if len(selected) else
+          "no candidate between the trust levels: nothing to label (the loop has converged)")
+    print(f"{len(selected)} picked; run directory {config.output_dir} (selected.csv, pool.csv, selection.json)")
 
 
 def _report(args: argparse.Namespace) -> None:

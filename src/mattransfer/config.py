@@ -4,7 +4,7 @@ pre-training into a fine-tuning). Unknown keys and wrong types are errors that n
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -84,6 +84,14 @@ class TrainConfig(BaseModel):
 
 def load_config(path: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read and validate an options file. Relative paths in it are relative to the working directory."""
+    return load_options(path, TrainConfig, overrides)
+
+
+Options = TypeVar("Options", bound=BaseModel)
+
+
+def load_options(path: Path, model: type[Options], overrides: dict[str, Any] | None = None) -> Options:
+    """Read a YAML options file into ``model``; any problem is a `ConfigError` naming the file and key."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -95,7 +103,6 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> TrainCon
         raise ConfigError(f"{path}: expected a mapping of options at the top level.")
     raw.update(overrides or {})
     try:
-        config = TrainConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, path)) from exc
-    return config
