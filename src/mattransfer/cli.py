@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ log = logging.getLogger("mattransfer")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # reports state the command that made them
     _setup_logging(args.quiet)
     if args.threads:
         import torch
@@ -259,7 +261,8 @@ def _select(args: argparse.Namespace) -> None:
         from mattransfer.study.label_selection import load_simulation_spec, simulate
 
         simulate(load_simulation_spec(Path(args.what[1])), args.out)
-        print(f"wrote {write_selection_report(args.out, args.report_dir or args.out / 'report')}")
+        command = "mattransfer " + shlex.join(args.argv)
+        print(f"wrote {write_selection_report(args.out, args.report_dir or args.out / 'report', command)}")
         return
     if len(args.what) != 1 or args.out or args.report_dir:
         raise ConfigError("usage: mattransfer select OPTIONS.yaml  (--out and --report-dir belong to `select simulate`)")

@@ -8,10 +8,12 @@ figures into the report directory. Every number in ``report.md`` is in those CSV
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 from matplotlib.figure import Figure
 from scipy.stats import spearmanr
 
@@ -61,28 +63,33 @@ def first_crossing(x: np.ndarray, y: np.ndarray, level: float) -> float:
     return float("nan")
 
 
-def rank_correlation(calibration: pd.DataFrame) -> pd.DataFrame:
-    """Spearman ρ between deviation and actual error on the pool, per target, strategy and iteration
-    (pooled over seeds; ``p``: its two-sided p-value), plus one row per target and strategy over all iterations."""
-    rows = []
+def rank_correlation(results: pd.DataFrame, calibration: pd.DataFrame) -> pd.DataFrame:
+    """Spearman ρ between deviation and actual error on the pool. Per target, strategy and labelled count:
+    mean and std over seeds of each chain's ρ (one pool, one p-value each; ``p_max`` the largest);
+    ``n_labelled == "all"``: every (seed, iteration) pool pooled into one ρ (its p is optimistic, since a
+    structure recurs across iterations and seeds)."""
+    grouped = results.groupby(["target", "strategy", "n_labelled"])
+    rows = grouped.agg(n_pool=("n_pool", "mean"), rho_mean=("spearman_rho", "mean"), rho_std=("spearman_rho", "std"),
+                       p_max=("spearman_p", "max"), n_seeds=("seed", "count")).reset_index()
+    pooled = []
     for (target, strategy), group in calibration.groupby(["target", "strategy"]):
-        parts = [(int(i), g) for i, g in group.groupby("iteration")] + [("all", group)]
-        for iteration, part in parts:
-            rho, p = spearmanr(part["deviation"], part["abs_error"])
-            rows.append({"target": target, "strategy": strategy, "iteration": iteration, "n": len(part),
-                         "rho": rho, "p": p})
-    return pd.DataFrame(rows)
+        rho, p = spearmanr(group["deviation"], group["abs_error"])
+        pooled.append({"target": target, "strategy": strategy, "n_labelled": "all", "n_pool": len(group),
+                       "rho_mean": rho, "p_max": p})
+    return pd.concat([rows, pd.DataFrame(pooled)], ignore_index=True)
 
 
 def calibration_bins(calibration: pd.DataFrame, n_bins: int = N_BINS) -> pd.DataFrame:
-    """Pool structures of the random strategy (an unbiased pool) in deviation deciles per target:
-    mean deviation and mean actual absolute error of the ensemble mean per bin."""
+    """Pool structures in deviation deciles per target and strategy (all seeds and iterations): mean
+    deviation and mean actual absolute error of the ensemble mean per bin. The random strategy's pool is
+    an unbiased sample; the deviation strategy's has its most uncertain structures taken out."""
     rows = []
-    for target, group in calibration[calibration["strategy"] == "random"].groupby("target"):
+    for (target, strategy), group in calibration.groupby(["target", "strategy"]):
         bins = pd.qcut(group["deviation"].rank(method="first"), n_bins, labels=False)
         for b, part in group.groupby(bins):
-            rows.append({"target": target, "unit": part["unit"].iloc[0], "bin": int(b), "n": len(part),
-                         "deviation_mean": part["deviation"].mean(), "abs_error_mean": part["abs_error"].mean(),
+            rows.append({"target": target, "strategy": strategy, "unit": part["unit"].iloc[0], "bin": int(b),
+                         "n": len(part), "deviation_mean": part["deviation"].mean(),
+                         "abs_error_mean": part["abs_error"].mean(),
                          "abs_error_sem": part["abs_error"].std() / np.sqrt(len(part))})
     return pd.DataFrame(rows)
 
@@ -90,11 +97,12 @@ def calibration_bins(calibration: pd.DataFrame, n_bins: int = N_BINS) -> pd.Data
 def calibration_figure(bins: pd.DataFrame) -> Figure:
     targets = list(dict.fromkeys(bins["target"]))
     figure, axes = _grid(len(targets), panel_size=(4.2, 3.6))
-    color = series_colors(["random"])["random"]
+    colors = series_colors(STRATEGIES)
     for ax, target in zip(axes, targets):
         data = bins[bins["target"] == target]
-        ax.errorbar(data["deviation_mean"], data["abs_error_mean"], yerr=data["abs_error_sem"], marker="o",
-                    color=color, capsize=3, label="pool, binned by deviation")
+        for strategy, line in data.groupby("strategy"):
+            ax.errorbar(line["deviation_mean"], line["abs_error_mean"], yerr=line["abs_error_sem"], marker="o",
+                        color=colors[strategy], capsize=3, label=f"{strategy} strategy's pool")
         top = max(data["deviation_mean"].max(), data["abs_error_mean"].max()) * 1.1
         ax.plot([0, top], [0, top], "k--", lw=1, label="error = deviation")
         unit = _unit(data["unit"].iloc[0])
@@ -103,7 +111,7 @@ def calibration_figure(bins: pd.DataFrame) -> Figure:
         ax.set_title(target)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    figure.suptitle("Does the deviation predict the error? Pool deciles, random strategy, all seeds and iterations")
+    figure.suptitle("Deviation vs actual error on the pool (deciles)")
     return figure
 
 
@@ -120,7 +128,7 @@ def write_selection_report(sim_dir: Path, report_dir: Path, command: str | None 
     ])
     stats["panel"] = [f"{t} (n_test = {n_test[t]})" for t in stats["target"]]
     stats = stats.rename(columns={"n_labelled": "x"})
-    save(curves_figure(stats, title="Test MAE vs labels (mean ± std over seeds; ensemble mean unless 'one member')",
+    save(curves_figure(stats, title="Test MAE vs labels (mean ± std over seeds)",
                        xlabel="labelled samples", xscale="linear",
                        order=["deviation", "random", "deviation, one member", "random, one member"]),
          report_dir / "efficiency.png")
@@ -128,18 +136,37 @@ def write_selection_report(sim_dir: Path, report_dir: Path, command: str | None 
     write_atomic(report_dir / "calibration.csv", bins.to_csv(index=False))
     save(calibration_figure(bins), report_dir / "calibration.png")
     match = labels_to_match(results)
-    correlation = rank_correlation(calibration)
+    correlation = rank_correlation(results, calibration)
     write_atomic(report_dir / "spearman.csv", correlation.to_csv(index=False))
-    text = _markdown(results, stats, match, correlation, sim_dir, command)
+    pretrained = _pretrained_runs(sim_dir, report_dir)
+    text = _markdown(results, stats, match, correlation, pretrained, command)
     write_atomic(report_dir / "report.md", text)
     return report_dir / "report.md"
 
 
+def _pretrained_runs(sim_dir: Path, report_dir: Path) -> list[tuple[str, dict]]:
+    """The metrics of each pre-training the simulation started from (``metrics.json`` beside the
+    checkpoint, when there), copied into the report directory so that the report's numbers are there."""
+    spec = yaml.safe_load((sim_dir / "spec.yaml").read_text())
+    runs = []
+    for checkpoint in dict.fromkeys(t["read_from"] for t in spec["targets"]):
+        metrics = Path(checkpoint).parent / "metrics.json"
+        if metrics.exists():
+            name = f"pretrained-{Path(checkpoint).parent.name}.json"
+            write_atomic(report_dir / name, metrics.read_text())
+            runs.append((name, json.loads(metrics.read_text())))
+    return runs
+
+
 def _markdown(results: pd.DataFrame, stats: pd.DataFrame, match: pd.DataFrame, correlation: pd.DataFrame,
-              sim_dir: Path, command: str | None) -> str:
+              pretrained: list[tuple[str, dict]], command: str | None) -> str:
     lines = ["# Choosing what to label: ensemble deviation vs random choice", ""]
     if command:
         lines += ["Made with:", "", "```bash", command, "```", ""]
+    for name, m in pretrained:
+        lines += [f"Pre-trained model (`{name}`): {m['dataset']}, {m['n_train']} train / {m['n_val']} val, "
+                  f"best epoch {m['best_epoch']} of {m['epochs_run']}, test MAE {m['test']['mae']:.3g} {m['unit']} "
+                  f"(R² {m['test']['r2']:.3f}, n_test = {m['n_test']}), {m['wall_seconds']:.0f} s wall.", ""]
     seeds = sorted(results["seed"].unique())
     lines += [f"Seeds: {', '.join(map(str, seeds))}. Test MAE on each dataset's fixed 10 % test set (never in the "
               "pool, the labelled set or validation), of the ensemble mean unless noted. Numbers: `results.csv` "
@@ -164,13 +191,24 @@ def _markdown(results: pd.DataFrame, stats: pd.DataFrame, match: pd.DataFrame, c
         lines.append(f"| {row['target']} | {row['random_labels']} | {_pm(row['random_mae'], row['random_mae_std'])} "
                      f"{row['unit']} | {reached} | {row['deviation_final_labels']} | "
                      f"{_pm(row['deviation_final_mae'], row['deviation_final_mae_std'])} |")
+    lines += [""] + [_verdict(row) for _, row in match.iterrows()]
     lines += ["", "## Does the deviation predict the error?", "",
               "Spearman ρ between a pool structure's ensemble deviation and the actual absolute error of the "
-              "ensemble mean there, over all iterations and seeds (`spearman.csv` has every iteration):", "",
-              "| target | strategy | pool points | ρ | p |", "|---|---|---:|---:|---:|"]
-    for _, row in correlation[correlation["iteration"] == "all"].iterrows():
-        lines.append(f"| {row['target']} | {row['strategy']} | {row['n']} | {row['rho']:.3f} | {row['p']:.2g} |")
-    lines += ["", "![calibration](calibration.png)", "", "## Wall time", "",
+              "ensemble mean there: per labelled count, the mean ± std over seeds of each pool's ρ and the largest "
+              "of their p-values; last row, all pools pooled (`spearman.csv`).", ""]
+    for target, group in correlation.groupby("target"):
+        wide = group.pivot_table(index="n_labelled", columns="strategy", values=["rho_mean", "rho_std", "p_max"],
+                                 aggfunc="first", dropna=False)
+        present = [s for s in STRATEGIES if ("rho_mean", s) in wide.columns]
+        lines += [f"**{target}**", "", "| labels | " + " | ".join(f"{s}: ρ | {s}: p (max)" for s in present) + " |",
+                  "|---:|" + "---:|---:|" * len(present)]
+        order = sorted(wide.index, key=lambda v: (v == "all", v if v != "all" else 0))
+        for n in order:
+            cells = [f"{_pm(wide.loc[n, ('rho_mean', s)], wide.loc[n, ('rho_std', s)], 3)} | {wide.loc[n, ('p_max', s)]:.2g}"
+                     for s in present]
+            lines.append(f"| {n} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["![calibration](calibration.png)", "", "## Wall time", "",
               "| target | strategy | iterations | fit s (sum) | wall s (sum) |", "|---|---|---:|---:|---:|"]
     for (target, strategy), group in results.groupby(["target", "strategy"]):
         lines.append(f"| {target} | {strategy} | {len(group)} | {group['fit_seconds'].sum():.0f} | "
@@ -180,5 +218,23 @@ def _markdown(results: pd.DataFrame, stats: pd.DataFrame, match: pd.DataFrame, c
     return "\n".join(lines)
 
 
-def _pm(mean: float, std: float) -> str:
-    return f"{mean:.4g} ± {std:.2g}" if np.isfinite(std) else f"{mean:.4g}"
+def _verdict(row: pd.Series) -> str:
+    """One sentence per target: did choosing by deviation save labels over random choice?"""
+    target, unit, budget = row["target"], row["unit"], row["random_labels"]
+    if not np.isfinite(row["labels_to_match"]):
+        return (f"- **{target}**: selection by deviation does **not** beat random choice: it never reached random "
+                f"choice's mean test MAE at {budget} labels ({row['random_mae']:.4g} {unit}); it ended at "
+                f"{row['deviation_final_mae']:.4g} {unit} with {row['deviation_final_labels']} labels.")
+    saved = 1 - row["labels_to_match"] / budget
+    if saved <= 0:
+        return (f"- **{target}**: no saving: selection by deviation needed {row['labels_to_match']:.0f} labels to reach "
+                f"random choice's mean test MAE at {budget} labels ({row['random_mae']:.4g} {unit}).")
+    return (f"- **{target}**: selection by deviation reached random choice's mean test MAE at {budget} labels "
+            f"({row['random_mae']:.4g} {unit}) with {row['labels_to_match']:.0f} labels ({saved:.0%} fewer), on the mean "
+            "curves over seeds; compare the ± std in the table before calling it a gain.")
+
+
+def _pm(mean: float, std: float, digits: int = 4) -> str:
+    if not np.isfinite(mean):
+        return "—"
+    return f"{mean:.{digits}g} ± {std:.2g}" if np.isfinite(std) else f"{mean:.{digits}g}"
