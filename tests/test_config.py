@@ -186,6 +186,7 @@ def test_config_data_sources_is_a_path(make_config, tmp_path):
 
 def test_shipped_options_and_study_files_are_valid(monkeypatch):
     """Every file in configs/ loads: training options, study specs, the data-sources map."""
+    from mattransfer.study.label_selection import load_simulation_spec
     from mattransfer.study.spec import load_spec
 
     root = Path(__file__).resolve().parents[1]
@@ -198,3 +199,6 @@ def test_shipped_options_and_study_files_are_valid(monkeypatch):
     assert load_config(root / "configs" / "finetune_phonons.yaml").finetune.method == "heads"
     assert load_config(root / "configs" / "pretrain_eform.yaml").finetune is None
     assert DataSources.from_yaml(root / "configs" / "shared-data.yaml").spec("eform").target == "formation_energy_per_atom"
+    assert load_config(root / "configs" / "pretrain_bandgap.yaml").data.dataset == "bandgap"
+    simulation = load_simulation_spec(root / "configs" / "label-selection.yaml")
+    assert [t.dataset for t in simulation.targets] == ["phonons", "expt_gap"] and len(simulation.seeds) >= 3

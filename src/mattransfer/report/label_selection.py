@@ -32,6 +32,17 @@ def efficiency_stats(results: pd.DataFrame, column: str = "test_mae_ensemble") -
     return stats
 
 
+def paired_difference(results: pd.DataFrame) -> pd.DataFrame:
+    """Deviation minus random test MAE of the same seed (same first picks) at the same labelled count:
+    mean and std over seeds, per target and labelled count. Negative: choosing by deviation did better."""
+    wide = results.pivot_table(index=["target", "seed", "n_labelled"], columns="strategy", values="test_mae_ensemble")
+    if not set(STRATEGIES) <= set(wide.columns):
+        return pd.DataFrame(columns=["target", "n_labelled", "diff_mean", "diff_std", "n_seeds"])
+    diff = (wide["deviation"] - wide["random"]).dropna().rename("diff").reset_index()
+    return diff.groupby(["target", "n_labelled"])["diff"].agg(diff_mean="mean", diff_std="std",
+                                                             n_seeds="count").reset_index()
+
+
 def labels_to_match(results: pd.DataFrame) -> pd.DataFrame:
     """Per target: random choice's mean test MAE at its largest labelled count, and the labels the
     deviation strategy's mean curve needs to reach it (linear interpolation between iterations)."""
@@ -49,7 +60,10 @@ def labels_to_match(results: pd.DataFrame) -> pd.DataFrame:
                      "deviation_final_mae": chosen["mae_mean"].iloc[-1],
                      "deviation_final_mae_std": chosen["mae_std"].iloc[-1],
                      "labels_to_match": first_crossing(chosen["n_labelled"].to_numpy(), chosen["mae_mean"].to_numpy(),
-                                                       final["mae_mean"])})
+                                                       final["mae_mean"]),
+                     # where random choice's own mean curve first gets there: on a flat curve both arrive early
+                     "random_first_reaches": first_crossing(random["n_labelled"].to_numpy(),
+                                                            random["mae_mean"].to_numpy(), final["mae_mean"])})
     return pd.DataFrame(rows)
 
 
@@ -138,8 +152,10 @@ def write_selection_report(sim_dir: Path, report_dir: Path, command: str | None 
     match = labels_to_match(results)
     correlation = rank_correlation(results, calibration)
     write_atomic(report_dir / "spearman.csv", correlation.to_csv(index=False))
+    write_atomic(report_dir / "paired.csv", paired_difference(results).to_csv(index=False))
     pretrained = _pretrained_runs(sim_dir, report_dir)
-    text = _markdown(results, stats, match, correlation, pretrained, command)
+    setting = _setting(yaml.safe_load((sim_dir / "spec.yaml").read_text()))
+    text = _markdown(results, stats, match, correlation, bins, pretrained, setting, command)
     write_atomic(report_dir / "report.md", text)
     return report_dir / "report.md"
 
@@ -158,11 +174,25 @@ def _pretrained_runs(sim_dir: Path, report_dir: Path) -> list[tuple[str, dict]]:
     return runs
 
 
+def _setting(spec: dict) -> str:
+    """The simulation's settings in one paragraph, from its spec."""
+    sel = spec["selection"]
+    levels = "; ".join(f"{t['dataset']}: lo {t['lo'] if t.get('lo') is not None else sel['lo']}, "
+                       f"hi {t['hi'] if t.get('hi') is not None else sel['hi']}" for t in spec["targets"])
+    return (f"Setting: {sel['ensemble']['size']} members fine-tuned with `{sel['ensemble']['method']}` "
+            f"(lr {sel['training']['lr']}, at most {sel['training']['max_epochs']} epochs, patience "
+            f"{sel['training']['patience']}, each validating on its own {sel['val_fraction']:.0%} of the labelled set); "
+            f"first {sel['init_pick']} labels at random (the same for both strategies of a seed), then at most "
+            f"{sel['max_pick']} per iteration; trust levels ({sel['levels']}) {levels}; candidates lie strictly "
+            f"between lo and hi; a chain stops when no candidate is left or at {spec['budget']} labels.")
+
+
 def _markdown(results: pd.DataFrame, stats: pd.DataFrame, match: pd.DataFrame, correlation: pd.DataFrame,
-              pretrained: list[tuple[str, dict]], command: str | None) -> str:
+              bins: pd.DataFrame, pretrained: list[tuple[str, dict]], setting: str, command: str | None) -> str:
     lines = ["# Choosing what to label: ensemble deviation vs random choice", ""]
     if command:
         lines += ["Made with:", "", "```bash", command, "```", ""]
+    lines += [setting, ""]
     for name, m in pretrained:
         lines += [f"Pre-trained model (`{name}`): {m['dataset']}, {m['n_train']} train / {m['n_val']} val, "
                   f"best epoch {m['best_epoch']} of {m['epochs_run']}, test MAE {m['test']['mae']:.3g} {m['unit']} "
@@ -170,26 +200,30 @@ def _markdown(results: pd.DataFrame, stats: pd.DataFrame, match: pd.DataFrame, c
     seeds = sorted(results["seed"].unique())
     lines += [f"Seeds: {', '.join(map(str, seeds))}. Test MAE on each dataset's fixed 10 % test set (never in the "
               "pool, the labelled set or validation), of the ensemble mean unless noted. Numbers: `results.csv` "
-              "(one row per iteration), `spearman.csv`, `calibration.csv`.", "",
+              "(one row per iteration), `paired.csv`, `spearman.csv`, `calibration.csv`.", "",
               "![test MAE vs labels](efficiency.png)", ""]
     lines += ["## Test MAE vs labels", ""]
+    paired = paired_difference(results).set_index(["target", "n_labelled"])
     for target, group in stats[~stats["series"].str.contains("member")].groupby("target"):
         wide = group.pivot_table(index="x", columns="strategy", values=["mae_mean", "mae_std"], dropna=False)
         unit = group["unit"].iloc[0]
-        lines += [f"**{target}** ({unit}, n_test = {results.loc[results['target'] == target, 'n_test'].iloc[0]})", "",
-                  "| labels | " + " | ".join(s for s in STRATEGIES if ("mae_mean", s) in wide.columns) + " |",
-                  "|---:|" + "---:|" * sum(("mae_mean", s) in wide.columns for s in STRATEGIES)]
+        present = [s for s in STRATEGIES if ("mae_mean", s) in wide.columns]
+        lines += [f"**{target}** ({unit}, n_test = {results.loc[results['target'] == target, 'n_test'].iloc[0]}; "
+                  "last column: deviation − random of the same seed, mean ± std over seeds)", "",
+                  "| labels | " + " | ".join(present) + " | deviation − random |", "|---:|" + "---:|" * (len(present) + 1)]
         for x, row in wide.iterrows():
-            cells = [_pm(row[("mae_mean", s)], row[("mae_std", s)]) for s in STRATEGIES if ("mae_mean", s) in wide.columns]
+            cells = [_pm(row[("mae_mean", s)], row[("mae_std", s)]) for s in present]
+            key = (target, x)
+            cells.append(_pm(paired.loc[key, "diff_mean"], paired.loc[key, "diff_std"], 3) if key in paired.index else "—")
             lines.append(f"| {int(x)} | " + " | ".join(cells) + " |")
         lines.append("")
     lines += ["## Labels to match random choice", "",
-              "| target | random: labels | random: MAE | deviation: labels to reach it | deviation: final labels | deviation: final MAE |",
-              "|---|---:|---:|---:|---:|---:|"]
+              "| target | random: labels | random: MAE | random: first reaches it | deviation: labels to reach it | deviation: final labels | deviation: final MAE |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for _, row in match.iterrows():
         reached = f"{row['labels_to_match']:.0f}" if np.isfinite(row["labels_to_match"]) else "not reached"
         lines.append(f"| {row['target']} | {row['random_labels']} | {_pm(row['random_mae'], row['random_mae_std'])} "
-                     f"{row['unit']} | {reached} | {row['deviation_final_labels']} | "
+                     f"{row['unit']} | {row['random_first_reaches']:.0f} | {reached} | {row['deviation_final_labels']} | "
                      f"{_pm(row['deviation_final_mae'], row['deviation_final_mae_std'])} |")
     lines += [""] + [_verdict(row) for _, row in match.iterrows()]
     lines += ["", "## Does the deviation predict the error?", "",
@@ -204,11 +238,17 @@ def _markdown(results: pd.DataFrame, stats: pd.DataFrame, match: pd.DataFrame, c
                   "|---:|" + "---:|---:|" * len(present)]
         order = sorted(wide.index, key=lambda v: (v == "all", v if v != "all" else 0))
         for n in order:
-            cells = [f"{_pm(wide.loc[n, ('rho_mean', s)], wide.loc[n, ('rho_std', s)], 3)} | {wide.loc[n, ('p_max', s)]:.2g}"
+            cells = [f"{_pm(wide.loc[n, ('rho_mean', s)], wide.loc[n, ('rho_std', s)], 3)} | {_p(wide.loc[n, ('p_max', s)])}"
                      for s in present]
             lines.append(f"| {n} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["![calibration](calibration.png)", "", "## Wall time", "",
+    for target, group in bins[bins["strategy"] == "random"].groupby("target"):
+        ratio = (group["abs_error_mean"] * group["n"]).sum() / (group["deviation_mean"] * group["n"]).sum()
+        increases = int((np.diff(group.sort_values("bin")["abs_error_mean"]) > 0).sum())
+        lines.append(f"- **{target}**: on the random strategy's pools the actual error of the ensemble mean averages "
+                     f"{ratio:.1f}× the deviation; from one deviation decile to the next the mean error rises "
+                     f"{increases} times of {len(group) - 1} (`calibration.csv`, figure below).")
+    lines += ["", "![calibration](calibration.png)", "", "## Wall time", "",
               "| target | strategy | iterations | fit s (sum) | wall s (sum) |", "|---|---|---:|---:|---:|"]
     for (target, strategy), group in results.groupby(["target", "strategy"]):
         lines.append(f"| {target} | {strategy} | {len(group)} | {group['fit_seconds'].sum():.0f} | "
@@ -229,9 +269,17 @@ def _verdict(row: pd.Series) -> str:
     if saved <= 0:
         return (f"- **{target}**: no saving: selection by deviation needed {row['labels_to_match']:.0f} labels to reach "
                 f"random choice's mean test MAE at {budget} labels ({row['random_mae']:.4g} {unit}).")
+    flat = (f" Random choice's own mean curve first got there at {row['random_first_reaches']:.0f} labels: the curves "
+            "flatten, so the saving says more about the plateau than about the selection."
+            if row["random_first_reaches"] < budget else "")
     return (f"- **{target}**: selection by deviation reached random choice's mean test MAE at {budget} labels "
             f"({row['random_mae']:.4g} {unit}) with {row['labels_to_match']:.0f} labels ({saved:.0%} fewer), on the mean "
-            "curves over seeds; compare the ± std in the table before calling it a gain.")
+            f"curves over seeds; compare the ± std in the table before calling it a gain.{flat}")
+
+
+def _p(p: float) -> str:
+    """A p-value; one that underflows double precision is written as the bound it is."""
+    return "< 1e-300" if p == 0 else f"{p:.2g}"
 
 
 def _pm(mean: float, std: float, digits: int = 4) -> str:
