@@ -236,8 +236,10 @@ def test_simulate_cli_writes_the_report(tmp_path, pretrained_ckpt):
                  "--report-dir", str(tmp_path / "report")]) == 0
     report = tmp_path / "report"
     text = (report / "report.md").read_text()
-    assert "Labels to match random choice" in text and "n_test" in text
-    for name in ("efficiency.png", "calibration.png", "results.csv", "calibration.csv", "spearman.csv"):
+    assert "Labels to match random choice" in text and "n_test" in text and f"select simulate {spec}" in text
+    assert "Pre-trained model" in text  # its metrics.json is copied beside the report
+    for name in ("efficiency.png", "calibration.png", "results.csv", "calibration.csv", "spearman.csv", "paired.csv",
+                 f"pretrained-{pretrained_ckpt.parent.name}.json"):
         assert (report / name).stat().st_size > 0
     assert set(pd.read_csv(report / "results.csv")["strategy"]) == {"deviation", "random"}
 
