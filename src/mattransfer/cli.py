@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--subset", choices=["test", "all"], default="test",
                           help="the dataset's fixed test set (default) or every row")
     evaluate.add_argument("--predictions", type=Path, help="also write per-structure predictions to this CSV")
+    evaluate.add_argument("--allow-other-target", action="store_true",
+                          help="score the checkpoint on a dataset of another property or unit (refused by default)")
     evaluate.set_defaults(handler=_eval)
 
     predict = commands.add_parser("predict", help="predict structures from CIF/POSCAR/extxyz files into a CSV",
@@ -121,7 +123,8 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", help="target column / atoms.info key (data files only)")
     parser.add_argument("--unit", default="", help="target unit (data files only)")
     parser.add_argument("--data-sources", type=Path, help="data-sources YAML (default: $MATTRANSFER_DATA_SOURCES)")
-    parser.add_argument("--test-seed", type=int, default=0, help="seed of the fixed test set")
+    parser.add_argument("--test-seed", type=int,
+                        help="seed of the fixed test set (default: the one the checkpoint was trained with)")
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -157,21 +160,41 @@ def _eval(args: argparse.Namespace) -> None:
 
     import pandas as pd
 
-    from mattransfer.data.splits import fixed_test_ids
+    from mattransfer.data.splits import fixed_test_ids, test_overlap
     from mattransfer.models.model import TransferModel
     from mattransfer.training.metrics import regression_metrics
     from mattransfer.training.run import load_table, predict_structures
 
     model = TransferModel.load(args.checkpoint)
     table = load_table(_data_config(args), _sources(args.data_sources))
-    if args.subset == "test":
-        table = table.subset(fixed_test_ids(table.ids, seed=args.test_seed))
+    _check_same_property(model, table, args)
+    test_set = {}
+    if args.subset == "test":  # the test set as the checkpoint's training drew it
+        trained = model.training_data[-1] if model.training_data else {"test_fraction": 0.1, "test_seed": 0}
+        test_set = {"test_fraction": trained["test_fraction"],
+                    "test_seed": trained["test_seed"] if args.test_seed is None else args.test_seed}
+        table = table.subset(fixed_test_ids(table.ids, test_set["test_fraction"], test_set["test_seed"]))
     predictions = predict_structures(model, table)
     metrics = regression_metrics(table.y, predictions)
     if args.predictions:
         pd.DataFrame({"id": table.ids, "target": table.y, "prediction": predictions}).to_csv(args.predictions, index=False)
-    print(json.dumps({"checkpoint": str(args.checkpoint), "data": table.name, "subset": args.subset,
-                      "unit": table.unit, **metrics}, indent=2))
+    seen = test_overlap(model.training_data, table, table.ids)
+    if seen["same_structure"]:
+        log.warning("%d of the %d structures scored were in the checkpoint's training data (e.g. %s).",
+                    seen["same_structure"], len(table), seen["examples"][:3])
+    print(json.dumps({"checkpoint": str(args.checkpoint), "data": table.name, "subset": args.subset, **test_set,
+                      "unit": table.unit, **metrics, "seen_in_training": seen}, indent=2))
+
+
+def _check_same_property(model, table, args: argparse.Namespace) -> None:
+    from mattransfer.errors import ConfigError
+
+    trained = (model.target.get("name"), model.target.get("unit"))
+    if trained != (table.target, table.unit) and not args.allow_other_target:
+        raise ConfigError(
+            f"{args.checkpoint} predicts {trained[0]!r} [{trained[1]}], but {table.name} holds {table.target!r}"
+            f" [{table.unit}]; its errors would mean nothing. Pass --allow-other-target to score it anyway."
+        )
 
 
 def _data_config(args: argparse.Namespace):
@@ -180,10 +203,10 @@ def _data_config(args: argparse.Namespace):
     from mattransfer.errors import ConfigError
 
     if args.data in REGISTRY:
-        return DataConfig(dataset=args.data, test_seed=args.test_seed)
+        return DataConfig(dataset=args.data)
     if args.target is None:
         raise ConfigError(f"--data {args.data!r} is not a dataset key, so it is read as a file and needs --target.")
-    return DataConfig(read_from=Path(args.data), target=args.target, unit=args.unit, test_seed=args.test_seed)
+    return DataConfig(read_from=Path(args.data), target=args.target, unit=args.unit)
 
 
 def _predict(args: argparse.Namespace) -> None:

@@ -6,11 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from mattransfer.data.readers import Reader
-from mattransfer.errors import ConfigError, format_validation_error
+from mattransfer.errors import ConfigError, format_validation_error, read_yaml
 from mattransfer.finetune import METHODS, MethodOptions
 from mattransfer.graphs.build import GraphSettings
 from mattransfer.models.model import ModelConfig
@@ -48,6 +47,8 @@ class FinetuneConfig(BaseModel):
 
     method: Literal["scratch", "full", "heads", "freeze", "lora", "last_layer"]
     read_from: Path = Field(description="checkpoint of the pre-trained model")
+    allow_test_overlap: bool = Field(
+        False, description="accept test structures the pre-training trained on (the count is recorded either way)")
     config: dict[str, Any] = Field(default_factory=dict, validate_default=True, description="the method's options")
 
     @field_validator("config")
@@ -93,12 +94,7 @@ Options = TypeVar("Options", bound=BaseModel)
 def load_options(path: Path, model: type[Options], overrides: dict[str, Any] | None = None) -> Options:
     """Read a YAML options file into ``model``; any problem is a `ConfigError` naming the file and key."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the options file ({exc.strerror}).") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc}).") from exc
+    raw = read_yaml(path, "options file")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of options at the top level.")
     raw.update(overrides or {})

@@ -60,7 +60,11 @@ def read_frame(path: Path, reader: Reader | None = None, structure_column: str =
 def _read_matminer(path: Path) -> pd.DataFrame:
     from matminer.utils.io import load_dataframe_from_json
 
-    return load_dataframe_from_json(str(path), pbar=False)
+    frame = load_dataframe_from_json(str(path), pbar=False)
+    if not isinstance(frame, pd.DataFrame):  # valid JSON, but no table in it
+        raise DataError(f"{path}: the JSON holds no table (expected a data frame as matminer writes it:"
+                        " columns, index and data).")
+    return frame
 
 
 def _read_extxyz(path: Path) -> pd.DataFrame:

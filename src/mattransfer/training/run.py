@@ -7,7 +7,6 @@ A run directory holds: ``config.yaml`` (resolved options), ``split.json`` (train
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from contextlib import contextmanager
@@ -23,9 +22,10 @@ import yaml
 from mattransfer.config import DataConfig, TrainConfig
 from mattransfer.data.readers import read_frame
 from mattransfer.data.registry import DataSources
-from mattransfer.data.splits import Split, assert_disjoint, make_split
+from mattransfer.data.splits import Split, assert_disjoint, make_split, test_overlap, training_record
 from mattransfer.data.table import PropertyTable
-from mattransfer.errors import ConfigError
+from mattransfer.errors import ConfigError, LeakError
+from mattransfer.fileio import write_atomic, write_json
 from mattransfer.finetune import METHODS, param_groups
 from mattransfer.graphs.build import cached_graphs
 from mattransfer.graphs.store import GraphStore
@@ -37,9 +37,18 @@ log = logging.getLogger("mattransfer")
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device ``name`` asks for, checked before any work: a missing GPU is a one-line error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"device {name!r}: not a torch device (use auto, cpu, cuda or cuda:N).") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r}: this torch ({torch.__version__}) sees no CUDA GPU; use cpu or auto.")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here.")
+    return device
 
 
 def load_table(data: DataConfig, sources: DataSources) -> PropertyTable:
@@ -112,6 +121,7 @@ def train_and_test(
         trained, batches["train"], batches["val"], groups, training, seed=seed, aux_weight=aux_weight,
         history_csv=run_dir / "history.csv" if run_dir else None, progress=progress, description=description,
     )
+    model.training_data.append(training_record(data.table, split))
     predictions = {name: predict_batches(model, b) for name, b in batches.items()}
     metrics = {name: regression_metrics(y[b.positions].numpy(), predictions[name].numpy()) for name, b in batches.items()}
     if run_dir is not None and "test" in batches:  # per-sample test errors, for paired comparisons between runs
@@ -148,34 +158,37 @@ def run_log(run_dir: Path) -> Iterator[None]:
 
 def run(config: TrainConfig, progress: bool = True) -> dict:
     """Run the training the options describe; write and return its metrics."""
+    device = resolve_device(config.device)  # before any work or file: a missing GPU fails at once
+    pretrained = TransferModel.load(config.finetune.read_from) if config.finetune else None
+    if pretrained is not None:
+        config = _with_pretrained_architecture(config, pretrained)
     run_dir = Path(config.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with run_log(run_dir):
         start = time.perf_counter()
         sources = DataSources.from_yaml(config.data_sources) if config.data_sources else DataSources.from_env()
-        pretrained = TransferModel.load(config.finetune.read_from) if config.finetune else None
-        graph_settings = pretrained.graphs if pretrained else config.graphs
-        if pretrained and graph_settings != config.graphs:
-            log.info("graph settings come from the pre-trained model: %s", graph_settings)
         table = load_table(config.data, sources)
         log.info("data %s: %d rows from %s (dropped: %s)", table.name, len(table), table.source, table.dropped or "none")
-        data = Dataset(table, cached_graphs(table, graph_settings, progress))
+        data = Dataset(table, cached_graphs(table, config.graphs, progress))
         split = make_split(
             table.ids, config.data.n_samples, config.seed, dataset=table.name,
             test_fraction=config.data.test_fraction, val_fraction=config.data.val_fraction,
             test_seed=config.data.test_seed,
         )
         split.to_json(run_dir / "split.json")
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config.resolved(), sort_keys=False))
+        write_atomic(run_dir / "config.yaml", yaml.safe_dump(config.resolved(), sort_keys=False))
 
         torch.manual_seed(config.seed)
         options = config.finetune.options() if config.finetune else None
+        overlap = None
         if pretrained is None:
-            model = TransferModel(config.model, graph_settings)
+            model = TransferModel(config.model, config.graphs)
         else:
             pretrained.drop_aux_head()
             _check_inherit_head(pretrained, table, options)
             model = METHODS[config.finetune.method][1](pretrained, options)
+            # after the method: scratch's fresh model has seen nothing
+            overlap = check_test_overlap(model, table, split, allow=config.finetune.allow_test_overlap)
         groups = param_groups(model, options, config.training.lr)
         n_trainable = sum(p.numel() for g in groups for p in g["params"])
         log.info("model: %d parameters, %d trainable; split %d/%d/%d", sum(p.numel() for p in model.parameters()),
@@ -183,7 +196,7 @@ def run(config: TrainConfig, progress: bool = True) -> dict:
 
         result, metrics = train_and_test(
             model, data, split, config.training, groups, seed=config.seed,
-            device=resolve_device(config.device), run_dir=run_dir, progress=progress,
+            device=device, run_dir=run_dir, progress=progress,
             description=f"{config.finetune.method if config.finetune else 'train'} {table.name}",
             compile=config.compile,
         )
@@ -194,13 +207,41 @@ def run(config: TrainConfig, progress: bool = True) -> dict:
             "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
             "dropped": table.dropped, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
             "n_trainable": n_trainable, "fit_seconds": result.seconds,
-            "wall_seconds": time.perf_counter() - start, **metrics,
+            "wall_seconds": time.perf_counter() - start, "warnings": result.warnings,
+            "test_in_pretraining": overlap, **metrics,
         }
-        (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+        write_json(run_dir / "metrics.json", summary)
         log.info("test MAE %.4g %s, RMSE %.4g, R2 %.3f (best epoch %d of %d, %.1f s)", metrics["test"]["mae"],
                  table.unit, metrics["test"]["rmse"], metrics["test"]["r2"], result.best_epoch,
                  result.epochs_run, summary["wall_seconds"])
         return summary
+
+
+def _with_pretrained_architecture(config: TrainConfig, pretrained: TransferModel) -> TrainConfig:
+    """The options with the checkpoint's model and graph settings: a fine-tune trains (and records)
+    the architecture it loads. Settings the options give explicitly and that differ get a warning."""
+    actual = {"model": pretrained.config, "graphs": pretrained.graphs}
+    for key, value in actual.items():
+        if key in config.model_fields_set and getattr(config, key) != value:
+            log.warning("%s: the options ask for another %s than the checkpoint %s has; the fine-tune trains and"
+                        " records the checkpoint's: %s", config.output_dir, key, config.finetune.read_from,
+                        value.model_dump())
+    return config.model_copy(update=actual)
+
+
+def check_test_overlap(model: TransferModel, table: PropertyTable, split: Split, *, allow: bool) -> dict:
+    """How many of this run's test structures ``model`` saw in its earlier trainings; a `LeakError` when
+    any did, unless ``allow`` (then a warning). The count is returned for the run's metrics either way."""
+    overlap = test_overlap(model.training_data, table, split.test)
+    if overlap["same_structure"]:
+        message = (f"{overlap['same_structure']} of the {overlap['n_test']} test structures of {table.name} were in"
+                   f" the pre-training's train/val data (e.g. {overlap['examples'][:3]}): their test errors would be"
+                   " optimistic.")
+        if not allow:
+            raise LeakError(message + " Use the same test_seed and test_fraction as the pre-training, or set"
+                                      " finetune.allow_test_overlap: true to accept it (the count is recorded).")
+        log.info("%s Allowed (allow_test_overlap); the count is recorded.", message)
+    return overlap
 
 
 def _check_inherit_head(pretrained: TransferModel, table: PropertyTable, options) -> None:
