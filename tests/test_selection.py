@@ -23,6 +23,7 @@ from mattransfer.selection import (
     train_ensemble,
 )
 from mattransfer.study.label_selection import load_simulation_spec, read_records, record_path, simulate
+from mattransfer.study.layout import StudyDir, StudyLocked
 
 TINY = {"max_epochs": 4, "patience": 4, "batch_size": 16, "lr": 5e-3}
 
@@ -201,7 +202,7 @@ def test_simulation_never_picks_test_or_labelled_ids_and_resumes(tmp_path, pretr
         labelled, picked = set(r["labelled"]), set(r["picked"])
         assert not (picked & test) and not (labelled & test) and not (picked & labelled)
         assert not (set(r["pool_ids"]) & (test | labelled))
-        assert r["n_test"] == len(test)
+        assert r["n_test"] == len(test) and r["test_in_pretraining"] == 0  # same ids, same fixed test set
     # the same first labels for both strategies, and a budget that ends every chain at 60
     first = {(r["strategy"], r["seed"]): r["labelled"] for r in records if r["iteration"] == 0}
     assert first[("deviation", 0)] == first[("random", 0)] != first[("deviation", 1)]
@@ -213,6 +214,13 @@ def test_simulation_never_picks_test_or_labelled_ids_and_resumes(tmp_path, pretr
     last.unlink()
     again = simulate(spec, out)
     assert json.loads(last.read_text())["picked"] == before["picked"] and len(again) == len(results)
+
+
+def test_simulation_directory_has_one_writer(tmp_path, pretrained_ckpt):
+    spec = load_simulation_spec(_spec(tmp_path, pretrained_ckpt))
+    with StudyDir(tmp_path / "sim").lock():
+        with pytest.raises(StudyLocked, match="another run is writing"):
+            simulate(spec, tmp_path / "sim")
 
 
 def test_simulation_with_identical_members_stops_at_once(tmp_path, pretrained_ckpt):

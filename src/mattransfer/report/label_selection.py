@@ -208,8 +208,11 @@ def _markdown(results: pd.DataFrame, stats: pd.DataFrame, match: pd.DataFrame, c
         wide = group.pivot_table(index="x", columns="strategy", values=["mae_mean", "mae_std"], dropna=False)
         unit = group["unit"].iloc[0]
         present = [s for s in STRATEGIES if ("mae_mean", s) in wide.columns]
-        lines += [f"**{target}** ({unit}, n_test = {results.loc[results['target'] == target, 'n_test'].iloc[0]}; "
-                  "last column: deviation − random of the same seed, mean ± std over seeds)", "",
+        rows = results[results["target"] == target]
+        seen = rows["test_in_pretraining"].iloc[0] if "test_in_pretraining" in rows else None
+        seen = "not recorded" if seen is None or pd.isna(seen) else f"{int(seen)}"
+        lines += [f"**{target}** ({unit}, n_test = {rows['n_test'].iloc[0]}, test structures in the pre-training's "
+                  f"train/val: {seen}; last column: deviation − random of the same seed, mean ± std over seeds)", "",
                   "| labels | " + " | ".join(present) + " | deviation − random |", "|---:|" + "---:|" * (len(present) + 1)]
         for x, row in wide.iterrows():
             cells = [_pm(row[("mae_mean", s)], row[("mae_std", s)]) for s in present]

@@ -10,6 +10,7 @@ atomically as it finishes, holding the labelled ids it trained on and its picks,
 simulation resumes from the last finished iteration of every chain.
 
     <dir>/spec.yaml
+    <dir>/.lock           held by the run writing here (`StudyDir.lock`)
     <dir>/records/<target>/<strategy>/seed<k>/<iteration>.json
     <dir>/results.csv     one row per record (no per-structure arrays)
 """
@@ -31,13 +32,14 @@ from scipy.stats import spearmanr
 
 from mattransfer.config import load_options
 from mattransfer.data.registry import DataSources
-from mattransfer.data.splits import fixed_test_ids
+from mattransfer.data.splits import fixed_test_ids, test_overlap
 from mattransfer.fileio import write_atomic, write_json
 from mattransfer.graphs.build import cached_graphs
 from mattransfer.models.model import TransferModel
 from mattransfer.selection import (
     SelectionSettings, deviation, ensemble_predictions, pick_candidates, pick_random, shared_latent, train_ensemble,
 )
+from mattransfer.study.layout import StudyDir
 from mattransfer.training.run import Dataset, resolve_device
 
 log = logging.getLogger(__name__)
@@ -102,7 +104,11 @@ def record_path(root: Path, target: str, strategy: str, seed: int, iteration: in
 def simulate(spec: SimulationSpec, out: Path) -> pd.DataFrame:
     """Run every chain of ``spec`` that is not finished in ``out``; write and return the results table."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with StudyDir(out).lock():  # one writer per simulation directory, as for a study
+        return _simulate(spec, out)
+
+
+def _simulate(spec: SimulationSpec, out: Path) -> pd.DataFrame:
     write_atomic(out / "spec.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     sources = DataSources.from_yaml(spec.data_sources) if spec.data_sources else DataSources.from_env()
     device = resolve_device(spec.device)
@@ -116,11 +122,15 @@ def simulate(spec: SimulationSpec, out: Path) -> pd.DataFrame:
         settings = spec.settings(target)
         latent = shared_latent(pretrained, settings, data, device)
         test = fixed_test_ids(table.ids, spec.test_fraction, spec.test_seed)
-        log.info("%s: %d rows, %d test, data and embeddings in %.1f s", target.dataset, len(table), len(test),
+        # test structures the pre-training saw (None: a checkpoint older than training records cannot say)
+        overlap = test_overlap(pretrained.training_data, table, test) if pretrained.training_data else None
+        log.info("%s: %d rows, %d test (%s in the pre-training), data and embeddings in %.1f s", target.dataset,
+                 len(table), len(test), "unknown" if overlap is None else overlap["same_structure"],
                  time.perf_counter() - start)
         for seed in spec.seeds:
             for strategy in spec.strategies:
-                run_chain(out, pretrained, data, test, settings, strategy, seed, spec.budget, device, latent)
+                run_chain(out, pretrained, data, test, settings, strategy, seed, spec.budget, device, latent,
+                          test_in_pretraining=None if overlap is None else overlap["same_structure"])
     table = results_table(out)
     write_atomic(out / "results.csv", table.to_csv(index=False))
     return table
@@ -133,7 +143,7 @@ def _chain_finished(out: Path, target: str, strategy: str, seed: int) -> bool:
 
 def run_chain(out: Path, pretrained: TransferModel, data: Dataset, test: list[str], settings: SelectionSettings,
               strategy: Strategy, seed: int, budget: int, device: torch.device,
-              latent: torch.Tensor | None = None) -> None:
+              latent: torch.Tensor | None = None, test_in_pretraining: int | None = None) -> None:
     """One chain of iterations, resumed after its last recorded iteration."""
     name = data.table.name
     test_set = set(test)
@@ -172,7 +182,8 @@ def run_chain(out: Path, pretrained: TransferModel, data: Dataset, test: list[st
         rho, p_value = spearmanr(pool_dev, pool_err) if len(pool) > 2 and np.ptp(pool_dev) > 0 else (np.nan, np.nan)
         record = {
             "target": name, "unit": data.table.unit, "strategy": strategy, "seed": seed, "iteration": iteration,
-            "n_labelled": len(labelled), "n_test": len(test), "n_pool": len(pool),
+            "n_labelled": len(labelled), "n_test": len(test), "test_in_pretraining": test_in_pretraining,
+            "n_pool": len(pool),
             "test_mae_ensemble": float(np.mean(np.abs(test_pred.mean(axis=0) - y_test))),
             "test_mae_member": float(np.mean(np.abs(test_pred[0] - y_test))),
             "test_mae_members": [float(np.mean(np.abs(p - y_test))) for p in test_pred],
