@@ -17,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.quiet)
-    if args.command not in ("datasets", "cache", "study"):  # these train nothing here (study workers set their own)
+    # Commands that run a model get the measured default; listing datasets or the cache never loads torch.
+    if args.command in ("train", "eval", "predict", "demo") or (args.threads and args.command == "study"):
         from mattransfer.threads import set_threads
 
         set_threads(args.threads)

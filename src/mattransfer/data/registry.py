@@ -9,6 +9,7 @@ Materials Project snapshot). Without a local file a key loads through
 
 from __future__ import annotations
 
+import logging
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +25,8 @@ from mattransfer.paths import cache_dir
 
 if TYPE_CHECKING:
     from mattransfer.data.table import PropertyTable
+
+log = logging.getLogger(__name__)
 
 
 class DatasetSpec(BaseModel):
@@ -167,6 +170,7 @@ class DataSources(BaseModel):
 
         spec = self.spec(key)
         local = self.datasets.get(key)
+        log.info("reading dataset %s from %s …", key, self.location(key))  # the MP snapshot takes ~40 s
         if key in DEMO_KEYS:
             from mattransfer.data.demo import demo_path
 
@@ -245,6 +249,7 @@ def _count_rows(path: Path) -> int:
         cached = {}
     if key in cached:
         return int(cached[key])
+    log.info("counting the rows of %s (once: the count is cached)", path)
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rt") as handle:
         rows = len(json.load(handle)["index"])
