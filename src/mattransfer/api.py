@@ -52,19 +52,22 @@ def as_table(structures: StructureLike | Iterable[StructureLike]) -> PropertyTab
 
     if isinstance(structures, (Structure, Atoms, str, Path)):
         structures = [structures]
-    ids, cells = [], []
+    ids: list[str] = []
+    cells: list[Structure] = []
     for k, item in enumerate(structures):
-        if isinstance(item, Structure):
-            ids.append(str(k)), cells.append(item)
-        elif isinstance(item, (str, Path)):
+        if isinstance(item, (str, Path)):
             table = read_structures([Path(item)])
-            ids.extend(f"{k}:{i}" for i in table.ids), cells.extend(table.structures)
-        elif isinstance(item, Atoms):
+            ids += [f"{k}:{i}" for i in table.ids]
+            cells += list(table.structures)
+            continue
+        if isinstance(item, Atoms):
             if not all(item.pbc):
                 raise DataError(f"structure {k}: ASE Atoms not periodic in all three directions (pbc={list(item.pbc)}).")
-            ids.append(str(k)), cells.append(AseAtomsAdaptor.get_structure(item))
-        else:
+            item = AseAtomsAdaptor.get_structure(item)
+        if not isinstance(item, Structure):
             raise DataError(f"structure {k}: a {type(item).__name__}; expected a pymatgen Structure, ASE Atoms or a file path.")
+        ids.append(str(k))
+        cells.append(item)
     return PropertyTable("predict", "", "", "structures", ids, cells, np.full(len(ids), np.nan))
 
 
