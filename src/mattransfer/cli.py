@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="rows to score: the fixed test set (default for a dataset key) or every row"
                                " (default for a data file)")
     evaluate.add_argument("--predictions", type=Path, help="also write per-structure predictions to this CSV")
+    evaluate.add_argument("--allow-other-target", action="store_true",
+                          help="score the checkpoint on a dataset of another property or unit (refused by default)")
     evaluate.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 or auto")
     evaluate.set_defaults(handler=_eval)
 
@@ -160,13 +162,17 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
                                          " checkpoint's target)")
     parser.add_argument("--unit", help="target unit (data files only; default: the checkpoint's unit)")
     parser.add_argument("--data-sources", type=Path, help="data-sources YAML (default: $MATTRANSFER_DATA_SOURCES)")
-    parser.add_argument("--test-seed", type=int, default=0, help="seed of the fixed test set")
+    parser.add_argument("--test-seed", type=int,
+                        help="seed of the fixed test set (default: the one the checkpoint was trained with)")
 
 
 def _setup_logging(quiet: bool) -> None:
     from rich.logging import RichHandler
 
-    handler = RichHandler(show_path=False, show_time=False, markup=False)
+    from rich.console import Console
+
+    # stderr: stdout carries the results (eval's JSON, tables), which must stay parseable.
+    handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False, markup=False)
     handler.setLevel(logging.WARNING if quiet else logging.INFO)  # run logs still get INFO
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO)
@@ -200,23 +206,43 @@ def _eval(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from mattransfer.data.registry import REGISTRY
-    from mattransfer.data.splits import fixed_test_ids
+    from mattransfer.data.splits import fixed_test_ids, test_overlap
     from mattransfer.models.model import TransferModel
     from mattransfer.training.metrics import regression_metrics
     from mattransfer.training.run import load_table, predict_structures, resolve_device
 
     model = TransferModel.load(args.checkpoint).to(resolve_device(args.device))
     table = load_table(_data_config(args, model), _sources(args.data_sources))
+    _check_same_property(model, table, args)
     # A dataset key has a fixed test set; a user's file is scored whole unless asked otherwise.
     subset = args.subset or ("test" if args.data in REGISTRY else "all")
-    if subset == "test":
-        table = table.subset(fixed_test_ids(table.ids, seed=args.test_seed))
+    test_set = {}
+    if subset == "test":  # the test set as the checkpoint's training drew it
+        trained = model.training_data[-1] if model.training_data else {"test_fraction": 0.1, "test_seed": 0}
+        test_set = {"test_fraction": trained["test_fraction"] or 0.1,  # 0: it was tested on a file of its own
+                    "test_seed": trained["test_seed"] if args.test_seed is None else args.test_seed}
+        table = table.subset(fixed_test_ids(table.ids, test_set["test_fraction"], test_set["test_seed"]))
     predictions = predict_structures(model, table)
     metrics = regression_metrics(table.y, predictions)
     if args.predictions:
         pd.DataFrame({"id": table.ids, "target": table.y, "prediction": predictions}).to_csv(args.predictions, index=False)
-    print(json.dumps({"checkpoint": str(args.checkpoint), "data": table.name, "subset": subset,
-                      "unit": table.unit, **metrics}, indent=2))
+    seen = test_overlap(model.training_data, table, table.ids)
+    if seen["same_structure"]:
+        log.warning("%d of the %d structures scored were in the checkpoint's training data (e.g. %s).",
+                    seen["same_structure"], len(table), seen["examples"][:3])
+    print(json.dumps({"checkpoint": str(args.checkpoint), "data": table.name, "subset": subset, **test_set,
+                      "unit": table.unit, **metrics, "seen_in_training": seen}, indent=2))
+
+
+def _check_same_property(model, table, args: argparse.Namespace) -> None:
+    from mattransfer.errors import ConfigError
+
+    trained = (model.target.get("name"), model.target.get("unit"))
+    if trained != (table.target, table.unit) and not args.allow_other_target:
+        raise ConfigError(
+            f"{args.checkpoint} predicts {trained[0]!r} [{trained[1]}], but {table.name} holds {table.target!r}"
+            f" [{table.unit}]; its errors would mean nothing. Pass --allow-other-target to score it anyway."
+        )
 
 
 def _data_config(args: argparse.Namespace, model):
@@ -224,10 +250,10 @@ def _data_config(args: argparse.Namespace, model):
     from mattransfer.data.registry import REGISTRY
 
     if args.data in REGISTRY:
-        return DataConfig(dataset=args.data, test_seed=args.test_seed)
+        return DataConfig(dataset=args.data)
     target = args.target or model.target.get("name")
     unit = model.target.get("unit", "") if args.unit is None else args.unit
-    return DataConfig(read_from=Path(args.data), target=target, unit=unit, test_seed=args.test_seed)
+    return DataConfig(read_from=Path(args.data), target=target, unit=unit)
 
 
 def _predict(args: argparse.Namespace) -> None:

@@ -6,11 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from mattransfer.data.readers import Reader
-from mattransfer.errors import ConfigError, format_validation_error
+from mattransfer.errors import ConfigError, format_validation_error, read_yaml
 from mattransfer.finetune import METHODS, MethodOptions
 from mattransfer.graphs.build import GraphSettings
 from mattransfer.models.model import ModelConfig
@@ -80,6 +79,8 @@ class FinetuneConfig(BaseModel):
 
     method: Literal["scratch", "full", "heads", "freeze", "lora"]
     read_from: Path = Field(description="checkpoint of the pre-trained model")
+    allow_test_overlap: bool = Field(
+        False, description="accept test structures the pre-training trained on (the count is recorded either way)")
     config: dict[str, Any] = Field(default_factory=dict, validate_default=True, description="the method's options")
 
     @field_validator("config")
@@ -118,12 +119,7 @@ class TrainConfig(BaseModel):
 def load_config(path: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read and validate an options file. Relative paths in it are relative to the working directory."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the options file ({exc.strerror}).") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc}).") from exc
+    raw = read_yaml(path, "options file")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of options at the top level.")
     return config_from_dict({**raw, **(overrides or {})}, path)

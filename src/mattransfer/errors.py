@@ -1,7 +1,9 @@
 """Errors a user can act on. The CLI prints their message without a traceback."""
 
 from pathlib import Path
+from typing import Any
 
+import yaml
 from pydantic import ValidationError
 
 
@@ -15,6 +17,10 @@ class DataError(MattransferError):
 
 class ConfigError(MattransferError):
     """An invalid configuration file or option."""
+
+
+class TrainingDiverged(MattransferError):
+    """The loss became NaN or infinite: the run has no usable model."""
 
 
 class LeakError(MattransferError):
@@ -31,3 +37,16 @@ def format_validation_error(exc: ValidationError, source: Path | str) -> str:
         else:
             lines.append(f"  key {key!r}: {err['msg']} (got {err.get('input')!r})")
     return "\n".join(lines)
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """A YAML file's contents; an unreadable file, other text than UTF-8 or bad YAML is a `ConfigError`."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {what} ({exc.strerror}).") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: the {what} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at"
+                          f" offset {exc.start}); save it as UTF-8.") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(exc).split())}).") from exc

@@ -1,4 +1,4 @@
-"""Atomic file writes: a reader, a concurrent writer or a kill -9 never sees half a file.
+"""Atomic file writes (and file checksums): a reader, a concurrent writer or a kill -9 never sees half a file.
 
 Every write-then-rename in the package goes through `atomic_path`. Its temporary name is unique per
 process and call, so two processes writing the same file (two workers filling one cache entry) never
@@ -7,6 +7,7 @@ write into each other's temporary file; the last complete file wins.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -42,3 +43,11 @@ def write_atomic(path: Path, text: str) -> None:
 
 def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2, default=str))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

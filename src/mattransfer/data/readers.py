@@ -65,9 +65,14 @@ def _read_matminer(path: Path) -> pd.DataFrame:
     from matminer.utils.io import load_dataframe_from_json
     from monty.json import MontyDecoder
 
+    import pandas as pd
+
     from mattransfer.data.table import EncodedStructure
 
     frame = load_dataframe_from_json(str(path), pbar=False, decode=False)
+    if not isinstance(frame, pd.DataFrame):  # valid JSON, but no table in it
+        raise DataError(f"{path}: the JSON holds no table (expected a data frame as matminer writes it:"
+                        " columns, index and data).")
     decoder = MontyDecoder()
     for column in frame.columns:
         if frame[column].dtype != object:

@@ -15,11 +15,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mattransfer.data.readers import Reader, read_frame
-from mattransfer.errors import ConfigError, DataError, format_validation_error
+from mattransfer.errors import ConfigError, DataError, format_validation_error, read_yaml
 from mattransfer.fileio import write_json
 from mattransfer.paths import cache_dir
 
@@ -95,10 +94,7 @@ class DataSources(BaseModel):
     @classmethod
     def from_yaml(cls, path: Path) -> DataSources:
         path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read data sources ({exc}).") from exc
+        raw = read_yaml(path, "data-sources file") or {}
         try:
             sources = cls.model_validate(raw)
         except ValidationError as exc:

@@ -11,13 +11,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from mattransfer.data.table import PropertyTable
 from mattransfer.errors import DataError, LeakError
+from mattransfer.fileio import write_json
 
 
 def fixed_test_ids(ids: Sequence[str], fraction: float = 0.1, seed: int = 0) -> list[str]:
@@ -38,17 +40,20 @@ class Split:
     train: tuple[str, ...]
     val: tuple[str, ...]
     test: tuple[str, ...]
+    test_fraction: float = 0.1  # how the fixed test set was drawn (`fixed_test_ids`)
+    test_seed: int = 0
 
     def __post_init__(self) -> None:
         assert_disjoint(self.train, self.val, self.test)
 
     def to_json(self, path: Path) -> None:
-        path.write_text(json.dumps({"train": self.train, "val": self.val, "test": self.test}, indent=0))
+        write_json(path, asdict(self))
 
     @classmethod
     def from_json(cls, path: Path) -> Split:
         raw = json.loads(Path(path).read_text())
-        return cls(tuple(raw["train"]), tuple(raw["val"]), tuple(raw["test"]))
+        return cls(tuple(raw["train"]), tuple(raw["val"]), tuple(raw["test"]),
+                   raw.get("test_fraction", 0.1), raw.get("test_seed", 0))
 
 
 def assert_disjoint(train: Sequence[str], val: Sequence[str], test: Sequence[str]) -> None:
@@ -93,4 +98,28 @@ def make_split(
     rng = np.random.default_rng(seed)
     chosen = [pool[i] for i in rng.permutation(len(pool))[:n]]
     n_val = min(max(1, round(n * val_fraction)), n - 1) if val_fraction > 0 else 0
-    return Split(train=tuple(chosen[n_val:]), val=tuple(chosen[:n_val]), test=tuple(test))
+    return Split(train=tuple(chosen[n_val:]), val=tuple(chosen[:n_val]), test=tuple(test),
+                 test_fraction=test_fraction, test_seed=test_seed)
+
+
+def training_record(table: PropertyTable, split: Split) -> dict:
+    """What a model was trained on, as plain types for its checkpoint: the dataset, how its test set
+    was drawn, and the identities (structure key, reduced formula) of its train and val rows."""
+    rows = table.subset(list(split.train) + list(split.val))
+    return {"dataset": table.name, "target": table.target, "unit": table.unit,
+            "test_fraction": split.test_fraction, "test_seed": split.test_seed,
+            "ids": rows.ids, **rows.identities()}
+
+
+def test_overlap(records: list[dict], table: PropertyTable, test_ids: Sequence[str]) -> dict:
+    """How many of ``test_ids`` a model has seen in training: same structure, and same reduced formula.
+
+    ``records`` are the model's `training_record`s (a fine-tuned model carries its pre-training's too).
+    """
+    seen = {kind: set().union(*(r[kind] for r in records)) for kind in ("structure", "formula")}
+    subset = table.subset(list(test_ids))
+    test = subset.identities()
+    same = [i for i, key in zip(subset.ids, test["structure"]) if key in seen["structure"]]
+    return {"n_test": len(test["structure"]), "same_structure": len(same),
+            "same_formula": sum(f in seen["formula"] for f in test["formula"]), "examples": same[:5]}
+

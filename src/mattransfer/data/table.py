@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -77,6 +78,8 @@ class PropertyTable:
     structures: Sequence[Structure]
     y: np.ndarray
     dropped: dict[str, int] = field(default_factory=dict)
+    # Per row: structure key and reduced formula (`identities`); given where the structures are not.
+    known_identities: dict[str, list[str]] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.structures, Structures):
@@ -85,13 +88,22 @@ class PropertyTable:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def identities(self) -> dict[str, list[str]]:
+        """``{"structure": [...], "formula": [...]}``: each row's `structure_key` and reduced formula."""
+        if self.known_identities is None:
+            self.known_identities = {"structure": [structure_key(s) for s in self.structures],
+                                     "formula": [s.composition.reduced_formula for s in self.structures]}
+        return self.known_identities
+
     def subset(self, ids: list[str]) -> PropertyTable:
         """The rows of ``ids``, in table order."""
         keep = set(ids)
         rows = [k for k, i in enumerate(self.ids) if i in keep]
+        known = None if self.known_identities is None else {
+            kind: [values[k] for k in rows] for kind, values in self.known_identities.items()}
         return PropertyTable(
             self.name, self.target, self.unit, self.source, [self.ids[k] for k in rows],
-            self.structures.take(rows), self.y[rows], dict(self.dropped),
+            self.structures.take(rows) if len(self.structures) else [], self.y[rows], dict(self.dropped), known,
         )
 
     def concat(self, other: PropertyTable, prefix: str) -> tuple[PropertyTable, list[str]]:
@@ -186,3 +198,12 @@ class PropertyTable:
             y=y[keep],
             dropped=dropped,
         )
+
+
+def structure_key(structure: Structure) -> str:
+    """The identity of a crystal, whatever its id: species at fractional positions and the lattice
+    parameters, rounded (1e-3) so that float noise from another source does not tell copies apart."""
+    lattice = np.round(np.asarray(structure.lattice.abc + structure.lattice.angles), 3)
+    frac = np.round(np.mod(structure.frac_coords, 1.0), 3) % 1.0 + 0.0  # + 0.0: no -0.0
+    sites = sorted(zip(structure.atomic_numbers, map(tuple, frac.tolist())))
+    return hashlib.sha256(repr((lattice.tolist(), sites)).encode()).hexdigest()[:16]

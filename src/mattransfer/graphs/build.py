@@ -15,16 +15,18 @@ from pathlib import Path
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from pymatgen.core import Structure
+from pymatgen.core import DummySpecies, Structure
 from rich.progress import Progress
 
 from mattransfer.data.table import PropertyTable
+from mattransfer.errors import DataError
 from mattransfer.graphs.store import GraphStore
 from mattransfer.paths import cache_dir, touch
 
 log = logging.getLogger(__name__)
 
 GRAPH_FORMAT_VERSION = 1  # bump when the stored layout or the neighbour rule changes
+MIN_DISTANCE = 0.5  # Å: atoms closer than this are almost surely a broken structure file
 
 
 class GraphSettings(BaseModel):
@@ -43,6 +45,16 @@ def neighbor_graph(structure: Structure, settings: GraphSettings) -> tuple[np.nd
     first = np.searchsorted(centers, centers, side="left")
     keep = np.arange(len(centers)) - first < settings.max_neighbors
     return neighbors[keep], centers[keep], distances[keep]
+
+
+def atomic_numbers(structure: Structure, where: str) -> np.ndarray:
+    """Z of every site; dummy species (X, vacancies) and partial occupancies are errors naming ``where``."""
+    if not structure.is_ordered:
+        raise DataError(f"{where} is disordered (partial occupancies); the graph needs one element per site.")
+    bad = sorted({str(sp) for sp in structure.species if isinstance(sp, DummySpecies)})
+    if bad:
+        raise DataError(f"{where} has sites of {', '.join(bad)}, which are not chemical elements.")
+    return np.asarray(structure.atomic_numbers, dtype=np.int64)
 
 
 def structures_hash(table: PropertyTable, settings: GraphSettings) -> str:
@@ -64,9 +76,12 @@ def build_graphs(table: PropertyTable, settings: GraphSettings, progress: bool =
     start = time.perf_counter()
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task(f"graphs {table.name}", total=len(table))
-        for k, structure in enumerate(table.structures):
+        for k, (row_id, structure) in enumerate(zip(table.ids, table.structures)):
             senders, receivers, distances = neighbor_graph(structure, settings)
-            z_parts.append(np.asarray(structure.atomic_numbers, dtype=np.int64))
+            z_parts.append(atomic_numbers(structure, f"{table.source}: structure {row_id!r}"))
+            if len(distances) and distances.min() < MIN_DISTANCE:
+                log.warning("%s: structure %r has atoms %.3f Å apart (< %g Å): check the file", table.source,
+                            row_id, distances.min(), MIN_DISTANCE)
             edge_parts.append(np.stack([senders, receivers]).astype(np.int64))
             dist_parts.append(distances.astype(np.float32))
             n_atoms[k + 1], n_edges[k + 1] = len(structure), len(distances)

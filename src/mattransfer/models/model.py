@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,8 @@ class TransferModel(nn.Module):
         self.aux_head: MLPHead | None = None
         self.domain: Domain | None = None  # of the data the model was last trained on (models/domain.py)
         self.provenance: dict[str, Any] = {}  # package version and git commit that trained it
+        # `training_record`s of every training these weights went through, pre-training first.
+        self.training_data: list[dict[str, Any]] = []
 
     def forward(self, batch: GraphBatch) -> Tensor:
         return self.head(self.encoder(batch))
@@ -157,6 +161,7 @@ class TransferModel(nn.Module):
             "state_dict": self.state_dict(),
             "domain": self.domain.to_checkpoint() if self.domain is not None else None,
             "provenance": self.provenance,
+            "training_data": self.training_data,
             **extra,
         }
         with atomic_path(Path(path)) as tmp:
@@ -164,23 +169,45 @@ class TransferModel(nn.Module):
 
     @classmethod
     def load(cls, path: Path) -> TransferModel:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"checkpoint {path} not found.")
+        """Rebuild a saved model. Only tensors and plain types are unpickled: a checkpoint never runs code."""
+        checkpoint = read_checkpoint(path)
         try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            raise ConfigError(f"{path}: not a readable mattransfer checkpoint ({exc}).") from exc
-        if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-            raise ConfigError(f"{path}: not a mattransfer checkpoint of format {CHECKPOINT_FORMAT}.")
-        model = cls(ModelConfig(**checkpoint["model"]), GraphSettings(**checkpoint["graphs"]))
-        if checkpoint["lora"]:
-            model.add_lora(int(checkpoint["lora"]["rank"]), checkpoint["lora"]["alpha"])
-        if checkpoint.get("aux_classes"):
-            model.add_aux_head(int(checkpoint["aux_classes"]))
-        model.load_state_dict(checkpoint["state_dict"])
+            model = cls(ModelConfig(**checkpoint["model"]), GraphSettings(**checkpoint["graphs"]))
+            if checkpoint["lora"]:
+                model.add_lora(int(checkpoint["lora"]["rank"]), checkpoint["lora"]["alpha"])
+            if checkpoint.get("aux_classes"):
+                model.add_aux_head(int(checkpoint["aux_classes"]))
+            model.load_state_dict(checkpoint["state_dict"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            lines = [line.strip() for line in str(exc).strip().splitlines()]
+            reason = next((line for line in lines[1:] if line), lines[0])  # the first mismatch, not the preamble
+            raise ConfigError(f"{path}: its weights do not fit the architecture it records ({reason}).") from exc
         model.target = checkpoint["target"]
         model.domain = Domain.from_checkpoint(checkpoint["domain"]) if checkpoint.get("domain") else None
         model.provenance = checkpoint.get("provenance") or {}
+        model.training_data = list(checkpoint.get("training_data") or [])
         model.frozen.clear()  # add_lora froze batch norms for its run; this model has not been fine-tuned yet
         return model
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's contents, loaded with ``weights_only``: anything but tensors and plain types is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path} not found.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = re.search(r"GLOBAL (\S+)", str(exc))  # torch names the global it would not import
+        if refused is None:
+            raise ConfigError(f"{path}: not a readable mattransfer checkpoint (corrupt pickle data).") from exc
+        raise ConfigError(
+            f"{path}: refused: the checkpoint holds {refused.group(1)}, not only tensors and plain types, and"
+            " could run code when loaded (mattransfer checkpoints never do)."
+        ) from exc
+    except Exception as exc:
+        reason = str(exc).split(". ")[0]  # torch adds paragraphs of advice
+        raise ConfigError(f"{path}: not a readable mattransfer checkpoint ({type(exc).__name__}: {reason}).") from exc
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"{path}: not a mattransfer checkpoint of format {CHECKPOINT_FORMAT}.")
+    return checkpoint

@@ -18,7 +18,9 @@ from pandas.core.groupby import DataFrameGroupBy
 from scipy import stats
 
 from mattransfer.errors import DataError
-from mattransfer.study.results import COLUMNS
+from mattransfer.study.layout import StudyDir
+from mattransfer.study.results import COLUMNS, results_table, write_results
+from mattransfer.study.tasks import Plan
 
 PARTS = {
     1: "Part 1 — relations between datasets",
@@ -27,19 +29,29 @@ PARTS = {
     4: "Part 4 — structure-biased pre-training",
 }
 SCRATCH = "scratch"
+OPTIONAL = ["test_same_structure", "test_same_formula"]  # absent from tables of older studies
 PAIR = ["source", "target"]
 
 
 def load_results(study_dir: Path) -> pd.DataFrame:
-    """``results.parquet`` (else ``results.csv``) of a study directory, with the schema checked."""
+    """The results of a study directory, with the schema checked.
+
+    In a study directory (``plan.json`` and ``tasks/``) the table is rebuilt from the task files (and
+    rewritten), so a report never shows a stale table; else ``results.parquet`` (else ``results.csv``) is read.
+    """
     study_dir = Path(study_dir)
     parquet, csv = study_dir / "results.parquet", study_dir / "results.csv"
-    if parquet.is_file():
+    study = StudyDir(study_dir)
+    if study.plan_file.is_file() and (study.root / "tasks").is_dir():
+        frame = results_table(Plan.from_json(json.loads(study.plan_file.read_text())), study)
+        write_results(frame, study)
+    elif parquet.is_file():
         frame = pd.read_parquet(parquet)
     elif csv.is_file():
         frame = pd.read_csv(csv)
     else:
         raise DataError(f"{study_dir}: no results.parquet or results.csv; run the study there first.")
+    frame = frame.reindex(columns=[*frame.columns, *(c for c in OPTIONAL if c not in frame.columns)])
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
         raise DataError(f"{study_dir}: the results table lacks columns {missing}.")
@@ -59,6 +71,14 @@ def planned_tasks(study_dir: Path) -> dict[int, int] | None:
     if not path.is_file():
         return None
     return dict(Counter(part for task in json.loads(path.read_text()) for part in task["parts"]))
+
+
+def test_in_source(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per (source, target): of the target's test materials, how many the source's pre-training trained
+    on (same structure; same reduced formula). The most over the cell's tasks (seeds, sizes, methods)."""
+    transfer = rows[(rows["source"] != "") & (rows["status"] == "done")]
+    return (transfer.groupby(PAIR)[["n_test", "test_same_structure", "test_same_formula"]].max()
+            .dropna(subset=["test_same_structure"]).reset_index())
 
 
 def task_status(results: pd.DataFrame, planned: dict[int, int] | None = None) -> pd.DataFrame:

@@ -202,7 +202,21 @@ def _part1(doc: _Document, rows: pd.DataFrame, cells: pd.DataFrame) -> list[str]
     _gain_heatmaps(doc, cells, names)
     answers = [_best_sources(doc, cells, names), _negative_cells(doc, cells)]
     doc.csv(cells, "part1_gain_cells", "Part 1 cells (gain, MAE, paired-test p)")
+    _test_in_source(doc, rows)
     return answers
+
+
+def _test_in_source(doc: _Document, rows: pd.DataFrame) -> None:
+    seen = an.test_in_source(rows)
+    if seen.empty:
+        return
+    doc.heading("Test materials the source was pre-trained on", 3)
+    doc.text("Per cell, how many of the target's test materials were in the source's pre-training set: the"
+             " same structure (a different property of it was learnt), and the same reduced formula.")
+    doc.table(pd.DataFrame({
+        "source → target": seen["source"] + " → " + seen["target"], "test n": seen["n_test"].map(_n),
+        "same structure": seen["test_same_structure"].map(_n), "same formula": seen["test_same_formula"].map(_n),
+    }))
 
 
 def _learning_curves(doc: _Document, rows: pd.DataFrame, names: list[str]) -> None:

@@ -84,6 +84,8 @@ def _prepare(table: PropertyTable, spec: StudySpec, study: StudyDir, labels: boo
     if not (path / "targets.pt").exists():  # written last: its presence means the directory is complete
         _link_or_copy(cached_graphs_file(table, spec.graphs, progress), path / "graphs.pt")
         _save_tensor(torch.from_numpy(table.y), path / "targets.pt")
+    if not (path / "identities.json").exists():  # structure keys and formulas, for test-overlap counts
+        write_json(path / "identities.json", table.identities())
     if labels and not (path / "labels.pt").exists():
         _save_tensor(torch.from_numpy(cached_bravais_labels(table, spec.graphs, progress)), path / "labels.pt")
     return PreparedData(table.name, table.target, table.unit, content, len(table), len(table) - len(test), path,
@@ -123,7 +125,8 @@ def load_prepared(data: PreparedData) -> tuple[Dataset, torch.Tensor | None]:
     y = torch.load(data.path / "targets.pt", weights_only=True).numpy()
     # Training reads ids, targets and graphs; the structures stay with the main process.
     table = PropertyTable(name=data.key, target=data.target, unit=data.unit, source=str(data.path),
-                          ids=list(graphs.ids), structures=[], y=y)
+                          ids=list(graphs.ids), structures=[], y=y,
+                          known_identities=json.loads((data.path / "identities.json").read_text()))
     labels = torch.load(data.path / "labels.pt", weights_only=True) if data.has_labels else None
     return Dataset(table, graphs), labels
 

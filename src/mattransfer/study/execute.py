@@ -29,7 +29,8 @@ from mattransfer.study.layout import StudyDir
 from mattransfer.study.results import pick_part2_targets, results_table, write_results
 from mattransfer.study.spec import StudySpec
 from mattransfer.study.tasks import Plan, Planner, Task
-from mattransfer.study.worker import run_task
+from mattransfer.study.worker import checkpoint_problem, run_task
+from mattransfer.training.run import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +49,20 @@ def run_study(
     A script calling this needs the ``if __name__ == "__main__":`` guard of multiprocessing.
     """
     start = time.time()
+    resolve_device(spec.device)  # a missing GPU fails here, not in every task
     study = StudyDir(study_dir)
-    study.root.mkdir(parents=True, exist_ok=True)
-    write_atomic(study.spec_file, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-    labels_for = {spec.part4.source} if spec.part4.enabled and any(spec.part4.lambdas) else set()
-    data = prepare_datasets(spec, study, labels_for, progress)
-    run = _StudyRun(spec, study, data, start)
-    with open_executor(workers, scheduler) as (executor, slots), _progress_bar(progress) as bar:
-        run.slots = slots
-        run.drive(executor, slots, bar)
+    with study.lock():
+        write_atomic(study.spec_file, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+        labels_for = {spec.part4.source} if spec.part4.enabled and any(spec.part4.lambdas) else set()
+        data = prepare_datasets(spec, study, labels_for, progress)
+        run = _StudyRun(spec, study, data, start)
+        with open_executor(workers, scheduler) as (executor, slots), _progress_bar(progress) as bar:
+            run.slots = slots
+            run.drive(executor, slots, bar)
     if spec.part2.enabled and not run.part2_planned:
         log.warning("Part 2 is not planned: Part 1 tasks it picks targets from did not finish; run the study again.")
-    summary = {**_counts(run.plan, study), "ran": sum(run.ran.values()), "ran_done": run.ran["done"],
-               "ran_failed": run.ran["failed"], "blocked": len(run.pending),
+    summary = {**_counts(run.plan, study), "ran": run.ran["done"] + run.ran["failed"], "ran_done": run.ran["done"],
+               "ran_failed": run.ran["failed"], "ran_skipped": run.ran["skipped"], "blocked": len(run.pending),
                "wall_seconds": round(time.time() - start, 1)}
     if run.broken:
         raise MattransferError(
@@ -82,9 +84,12 @@ def study_status(study_dir: Path | str) -> dict[str, Any]:
 
 def _counts(plan: Plan, study: StudyDir) -> dict[str, Any]:
     def count(tasks: list[Task]) -> dict[str, int]:
-        done = sum(study.is_done(t.hash) for t in tasks)
-        failed = sum(not study.is_done(t.hash) and study.error(t.hash) is not None for t in tasks)
-        return {"tasks": len(tasks), "done": done, "failed": failed, "remaining": len(tasks) - done - failed}
+        errors = [study.error(t.hash) for t in tasks if not study.is_done(t.hash)]
+        skipped = sum(e is not None and e.get("skipped", False) for e in errors)
+        failed = sum(e is not None for e in errors) - skipped
+        done = len(tasks) - len(errors)
+        return {"tasks": len(tasks), "done": done, "failed": failed, "skipped": skipped,
+                "remaining": len(errors) - failed - skipped}
 
     parts = sorted({p for t in plan for p in t.parts})
     part2 = json.loads(study.part2_file.read_text()) if study.part2_file.exists() else None
@@ -101,11 +106,23 @@ class _StudyRun:
         self.planner = Planner(spec, data)
         self.plan = self.planner.plan()
         self.pending = {t.hash: t for t in self.plan if not study.is_done(t.hash)}
+        self._check_checkpoints()
         self.running: dict[Future, Task] = {}
         self.ran: Counter[str] = Counter()
         self.ran_hashes: list[str] = []
         self.part2_planned = False
         self.broken = ""
+
+    def _check_checkpoints(self) -> None:
+        """A finished pre-training whose checkpoint is missing or damaged is trained again, not
+        inherited as a failure by every fine-tune that waits for it."""
+        needed = {t.pretrain for t in self.pending.values() if t.pretrain}
+        for task in self.plan:
+            if task.hash in needed and task.hash not in self.pending:
+                problem = checkpoint_problem(self.study.checkpoint(task.hash), self.study.result(task.hash))
+                if problem:
+                    self.study.forget_result(task.hash, f"its checkpoint {problem}")
+                    self.pending[task.hash] = task
 
     def drive(self, executor: Executor, slots: int, bar: Progress) -> None:
         """Submit ready tasks (up to ``slots`` at once) until none is left that can run."""
@@ -145,12 +162,21 @@ class _StudyRun:
         self.ran[status] += 1
         self.ran_hashes.append(task.hash)
         if status == "failed":
-            log.warning("failed %s: %s (%s)", task.describe(), self.study.error(task.hash)["error"],
-                        self.study.task_dir(task.hash) / "error.json")
+            error = (self.study.error(task.hash) or {"error": "unknown error"})["error"]
+            log.warning("failed %s: %s (%s)", task.describe(), error, self.study.task_dir(task.hash) / "error.json")
+            self._skip_dependants(task, error)
         else:
             result = self.study.result(task.hash)
             log.info("done %s: test MAE %.4g %s (%.1f s)", task.describe(), result["metrics"]["test"]["mae"],
                      result["unit"], result["wall_seconds"])
+
+    def _skip_dependants(self, pretrain: Task, error: str) -> None:
+        """Fine-tunes of a failed pre-training are recorded as skipped, with the reason (retried next run)."""
+        for task in [t for t in self.pending.values() if t.pretrain == pretrain.hash]:
+            del self.pending[task.hash]
+            reason = f"skipped: its pre-training ({pretrain.describe()}) failed: {error.splitlines()[0]}"
+            self.study.write_error(task.hash, reason, "", skipped=True)
+            self.ran["skipped"] += 1
 
     def _update(self, bar: Progress) -> None:
         """Plan Part 2 if it can be; rewrite the plan and the results table; refresh the counts."""
@@ -161,6 +187,7 @@ class _StudyRun:
         self._record_run(done)
         bar.update(bar.task_ids[0], total=len(self.plan), completed=done,
                    counts=f"done {done} · running {len(self.running)} · failed {self.ran['failed']}"
+                          f" · skipped {self.ran['skipped']}"
                           f" · remaining {len(self.pending)}")
 
     def _record_run(self, done: int) -> None:

@@ -18,12 +18,13 @@ from mattransfer.study.tasks import Plan, Task
 COLUMNS = [
     "part", "kind", "source", "target", "pretrain_size", "finetune_size", "method", "seed", "aux_lambda",
     "n_train", "n_val", "n_test", "epochs_run", "best_epoch", "test_mae", "test_rmse", "test_r2", "unit",
-    "wall_seconds", "task_hash", "status", "error", "cap_note",
+    "wall_seconds", "task_hash", "status", "error", "cap_note", "test_same_structure", "test_same_formula",
 ]
 _DTYPES = {
     "part": "Int64", "pretrain_size": "Int64", "finetune_size": "Int64", "seed": "Int64", "aux_lambda": "float64",
     "n_train": "Int64", "n_val": "Int64", "n_test": "Int64", "epochs_run": "Int64", "best_epoch": "Int64",
     "test_mae": "float64", "test_rmse": "float64", "test_r2": "float64", "wall_seconds": "float64",
+    "test_same_structure": "Int64", "test_same_formula": "Int64",
     **{c: "string" for c in ("kind", "source", "target", "method", "unit", "task_hash", "status", "error", "cap_note")},
 }
 
@@ -50,10 +51,13 @@ def _row(task: Task, part: int, result: dict | None, error: dict | None) -> dict
     if result is None:
         return {**row, "status": "failed", "error": error["error"]}
     test = result["metrics"]["test"]
+    overlap = result.get("test_in_pretraining") or {}
     return {
         **row, "status": "done", "error": None, "unit": result["unit"],
         **{k: result[k] for k in ("n_train", "n_val", "n_test", "epochs_run", "best_epoch", "wall_seconds")},
         "test_mae": test["mae"], "test_rmse": test["rmse"], "test_r2": test["r2"],
+        # test materials of the target that the source's pre-training trained on
+        "test_same_structure": overlap.get("same_structure"), "test_same_formula": overlap.get("same_formula"),
     }
 
 

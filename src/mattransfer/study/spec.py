@@ -16,7 +16,7 @@ from pydantic import (
 )
 
 from mattransfer.data.registry import REGISTRY
-from mattransfer.errors import ConfigError, format_validation_error
+from mattransfer.errors import ConfigError, format_validation_error, read_yaml
 from mattransfer.finetune import METHODS
 from mattransfer.graphs.build import GraphSettings
 from mattransfer.models.model import ModelConfig
@@ -185,13 +185,9 @@ def load_spec(path_or_preset: str | Path) -> StudySpec:
     path = Path(path_or_preset)
     if not path.exists() and str(path_or_preset) in PRESETS:
         return _parse(_preset_text(str(path_or_preset)), f"preset {path_or_preset!r}")
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(
-            f"{path}: cannot read the study file ({exc.strerror}); built-in presets are {', '.join(PRESETS)}."
-        ) from exc
-    return _parse(text, path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such study file; built-in presets are {', '.join(PRESETS)}.")
+    return _validate(read_yaml(path, "study file"), path)
 
 
 def write_preset(name: str, path: str | Path, overwrite: bool = False) -> Path:
@@ -219,6 +215,10 @@ def _parse(text: str, source: Path | str) -> StudySpec:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: not valid YAML ({exc}).") from exc
+    return _validate(raw, source)
+
+
+def _validate(raw: Any, source: Path | str) -> StudySpec:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of study options at the top level.")
     try:

@@ -19,13 +19,14 @@ import torch
 from mattransfer.data.splits import make_split
 from mattransfer.data.symmetry import BRAVAIS
 from mattransfer.errors import ConfigError
+from mattransfer.fileio import file_sha256
 from mattransfer.finetune import METHODS, param_groups
-from mattransfer.models.model import TransferModel
+from mattransfer.models.model import TransferModel, read_checkpoint
 from mattransfer.study.data import PreparedData, load_prepared
 from mattransfer.study.layout import StudyDir
 from mattransfer.study.spec import StudySpec
 from mattransfer.study.tasks import Task
-from mattransfer.training.run import Dataset, resolve_device, run_log, train_and_test
+from mattransfer.training.run import Dataset, check_test_overlap, resolve_device, run_log, train_and_test
 from mattransfer.training.trainer import TrainingOptions
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ def _train(task: Task, spec: StudySpec, data: PreparedData, study: StudyDir) -> 
     task_dir = study.task_dir(task.hash)
     split.to_json(task_dir / "split.json")
     model, groups, training = _model(task, spec, study)
+    # Materials recur across datasets: allowed in a study, counted per task for the report.
+    overlap = check_test_overlap(model, dataset.table, split, allow=True) if task.pretrain else None
     device = resolve_device(spec.device)
     log.info("%s: split %d/%d/%d", task.describe(), len(split.train), len(split.val), len(split.test))
     fit, metrics = train_and_test(
@@ -97,15 +100,32 @@ def _train(task: Task, spec: StudySpec, data: PreparedData, study: StudyDir) -> 
         description=task.describe(), aux_labels=labels if task.aux_weight else None, aux_weight=task.aux_weight,
         compile=spec.compile,
     )
+    checkpoint = {}
     if task.kind == "pretrain":
         model.cpu().save(study.checkpoint(task.hash), task=task.to_json())
+        checkpoint = {"checkpoint_sha256": file_sha256(study.checkpoint(task.hash))}
     return {
-        "task": task.describe(), "unit": data.unit,
+        "task": task.describe(), "unit": data.unit, **checkpoint, "test_in_pretraining": overlap,
+        "warnings": fit.warnings,
         "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
         "n_trainable": sum(p.numel() for g in groups for p in g["params"]),
         "epochs_run": fit.epochs_run, "best_epoch": fit.best_epoch, "best_val_loss": fit.best_val_loss,
         "fit_seconds": fit.seconds, "wall_seconds": time.perf_counter() - start, "metrics": metrics,
     }
+
+
+def checkpoint_problem(path: Path, result: dict | None) -> str | None:
+    """What is wrong with a finished pre-training's checkpoint (missing, or not the file its result
+    recorded), or None. Results from before checksums were recorded are checked by reading the file."""
+    if not path.is_file():
+        return "is missing"
+    if result and "checkpoint_sha256" in result:
+        return None if file_sha256(path) == result["checkpoint_sha256"] else "does not match its recorded checksum"
+    try:
+        read_checkpoint(path)
+    except ConfigError as exc:
+        return f"is unreadable ({exc})"
+    return None
 
 
 def _model(task: Task, spec: StudySpec, study: StudyDir) -> tuple[TransferModel, list[dict], TrainingOptions]:

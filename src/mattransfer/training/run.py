@@ -8,7 +8,7 @@ unit, learning rates, elapsed seconds), ``learning_curve.png``, ``test_predictio
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import time
 from contextlib import contextmanager
@@ -24,7 +24,7 @@ import yaml
 from mattransfer.config import DataConfig, TrainConfig
 from mattransfer.data.readers import read_frame
 from mattransfer.data.registry import DataSources
-from mattransfer.data.splits import Split, assert_disjoint, make_split
+from mattransfer.data.splits import Split, assert_disjoint, make_split, test_overlap, training_record
 from mattransfer.data.table import PropertyTable
 from mattransfer.errors import ConfigError, LeakError
 from mattransfer.fileio import write_atomic, write_json
@@ -43,9 +43,18 @@ log = logging.getLogger("mattransfer")
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device ``name`` asks for, checked before any work: a missing GPU is a one-line error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"device {name!r}: not a torch device (use auto, cpu, cuda or cuda:N).") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r}: this torch ({torch.__version__}) sees no CUDA GPU; use cpu or auto.")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here.")
+    return device
 
 
 def load_table(data: DataConfig, sources: DataSources, path: Path | None = None) -> PropertyTable:
@@ -91,17 +100,13 @@ def prepare_table(data: DataConfig, sources: DataSources, seed: int) -> tuple[Pr
             _refuse_training_structures(extra, used.subset(list(split.train)))
             used, parts[part] = used.concat(extra, prefix=f"{part}:")
             log.info("%s set: %d rows from %s", part, len(extra), path)
-    return used, Split(train=split.train, val=tuple(parts["val"]), test=tuple(parts["test"]))
+    return used, dataclasses.replace(split, val=tuple(parts["val"]), test=tuple(parts["test"]))
 
 
 def _refuse_training_structures(other: PropertyTable, train: PropertyTable) -> None:
-    """A test or validation file must not hold a training structure (same species, cell and positions)."""
-    def key(structure) -> bytes:
-        return (np.asarray(structure.atomic_numbers).tobytes() + np.round(structure.lattice.matrix, 5).tobytes()
-                + np.round(structure.frac_coords % 1.0, 5).tobytes())
-
-    training = {key(s): i for i, s in zip(train.ids, train.structures)}
-    shared = [(i, training[key(s)]) for i, s in zip(other.ids, other.structures) if key(s) in training]
+    """A test or validation file must not hold a training structure (the same `structure_key`)."""
+    training = dict(zip(train.identities()["structure"], train.ids))
+    shared = [(i, training[key]) for i, key in zip(other.ids, other.identities()["structure"]) if key in training]
     if shared:
         raise LeakError(f"{other.source}: {len(shared)} structures are also training samples of {train.source}"
                         f" (e.g. {shared[0][0]!r} = {shared[0][1]!r}); remove them from one of the two.")
@@ -163,6 +168,7 @@ def train_and_test(
         history_csv=run_dir / "history.csv" if run_dir else None, progress=progress, description=description,
         target_scale=float(model.target_std),
     )
+    model.training_data.append(training_record(data.table, split))
     predictions = {name: predict_batches(model, b) for name, b in batches.items()}
     metrics = {name: regression_metrics(y[b.positions].numpy(), predictions[name].numpy()) for name, b in batches.items()}
     if run_dir is not None:  # per-sample test errors, for paired comparisons between runs
@@ -195,6 +201,10 @@ def run_log(run_dir: Path) -> Iterator[None]:
 
 def run(config: TrainConfig, progress: bool = True) -> dict:
     """Run the training the options describe; write and return its metrics."""
+    device = resolve_device(config.device)  # before any work or file: a missing GPU fails at once
+    pretrained = TransferModel.load(config.finetune.read_from) if config.finetune else None
+    if pretrained is not None:
+        config = _with_pretrained_architecture(config, pretrained)
     run_dir = Path(config.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if config.threads is not None:
@@ -202,12 +212,8 @@ def run(config: TrainConfig, progress: bool = True) -> dict:
     with run_log(run_dir):
         start = time.perf_counter()
         sources = DataSources.from_yaml(config.data_sources) if config.data_sources else DataSources.from_env()
-        pretrained = TransferModel.load(config.finetune.read_from) if config.finetune else None
-        graph_settings = pretrained.graphs if pretrained else config.graphs
-        if pretrained and graph_settings != config.graphs:
-            log.info("graph settings come from the pre-trained model: %s", graph_settings)
         table, split = prepare_table(config.data, sources, config.seed)
-        data = Dataset(table, cached_graphs(table, graph_settings, progress))
+        data = Dataset(table, cached_graphs(table, config.graphs, progress))
         split.to_json(run_dir / "split.json")
         origin = provenance()
         write_atomic(run_dir / "config.yaml", f"# mattransfer {origin['mattransfer_version']},"
@@ -216,12 +222,15 @@ def run(config: TrainConfig, progress: bool = True) -> dict:
 
         torch.manual_seed(config.seed)
         options = config.finetune.options() if config.finetune else None
+        overlap = None
         if pretrained is None:
-            model = TransferModel(config.model, graph_settings)
+            model = TransferModel(config.model, config.graphs)
         else:
             pretrained.drop_aux_head()
             _check_inherit_head(pretrained, table, options)
             model = METHODS[config.finetune.method][1](pretrained, options)
+            # after the method: scratch's fresh model has seen nothing
+            overlap = check_test_overlap(model, table, split, allow=config.finetune.allow_test_overlap)
         groups = param_groups(model, options, config.training.lr)
         n_trainable = sum(p.numel() for g in groups for p in g["params"])
         log.info("model: %d parameters, %d trainable; split %d/%d/%d", sum(p.numel() for p in model.parameters()),
@@ -230,8 +239,7 @@ def run(config: TrainConfig, progress: bool = True) -> dict:
         description = f"{config.finetune.method if config.finetune else 'train'} {table.name}"
         result, metrics = train_and_test(
             model, data, split, config.training, groups, seed=config.seed,
-            device=resolve_device(config.device), run_dir=run_dir, progress=progress,
-            description=description, compile=config.compile,
+            device=device, run_dir=run_dir, progress=progress, description=description, compile=config.compile,
         )
         train_pos = data.graphs.positions(split.train)
         model.domain = training_domain(model, data.graphs, train_pos, table.y[train_pos.numpy()], config.seed)
@@ -245,7 +253,8 @@ def run(config: TrainConfig, progress: bool = True) -> dict:
             "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
             "dropped": table.dropped, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
             "n_trainable": n_trainable, "fit_seconds": result.seconds,
-            "wall_seconds": time.perf_counter() - start, "threads": torch.get_num_threads(), **origin, **metrics,
+            "wall_seconds": time.perf_counter() - start, "threads": torch.get_num_threads(), "warnings": result.warnings,
+            "test_in_pretraining": overlap, **origin, **metrics,
         }
         write_json(run_dir / "metrics.json", summary)
         log.info("test MAE %.4g %s, RMSE %.4g, R2 %.3f (best epoch %d of %d, %.1f s)", metrics["test"]["mae"],
@@ -260,6 +269,33 @@ def training_domain(model: TransferModel, graphs: GraphStore, train_pos: torch.T
     subset = graphs.subset(train_pos)
     latent = model.embed(subset)
     return Domain.fit(latent, set().union(*subset.elements()), y_train, seed=seed)
+
+
+def _with_pretrained_architecture(config: TrainConfig, pretrained: TransferModel) -> TrainConfig:
+    """The options with the checkpoint's model and graph settings: a fine-tune trains (and records)
+    the architecture it loads. Settings the options give explicitly and that differ get a warning."""
+    actual = {"model": pretrained.config, "graphs": pretrained.graphs}
+    for key, value in actual.items():
+        if key in config.model_fields_set and getattr(config, key) != value:
+            log.warning("%s: the options ask for another %s than the checkpoint %s has; the fine-tune trains and"
+                        " records the checkpoint's: %s", config.output_dir, key, config.finetune.read_from,
+                        value.model_dump())
+    return config.model_copy(update=actual)
+
+
+def check_test_overlap(model: TransferModel, table: PropertyTable, split: Split, *, allow: bool) -> dict:
+    """How many of this run's test structures ``model`` saw in its earlier trainings; a `LeakError` when
+    any did, unless ``allow`` (then a warning). The count is returned for the run's metrics either way."""
+    overlap = test_overlap(model.training_data, table, split.test)
+    if overlap["same_structure"]:
+        message = (f"{overlap['same_structure']} of the {overlap['n_test']} test structures of {table.name} were in"
+                   f" the pre-training's train/val data (e.g. {overlap['examples'][:3]}): their test errors would be"
+                   " optimistic.")
+        if not allow:
+            raise LeakError(message + " Use the same test_seed and test_fraction as the pre-training, or set"
+                                      " finetune.allow_test_overlap: true to accept it (the count is recorded).")
+        log.info("%s Allowed (allow_test_overlap); the count is recorded.", message)
+    return overlap
 
 
 def _check_inherit_head(pretrained: TransferModel, table: PropertyTable, options) -> None:

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor, nn
 
+from mattransfer.errors import TrainingDiverged
 from mattransfer.graphs.store import GraphBatch, GraphStore
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,13 @@ class FitResult:
     best_val_loss: float
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 LOSSES = {"l1": nn.functional.l1_loss, "mse": nn.functional.mse_loss}
+# A training loss this many times that of predicting the mean (standardised targets: ~0.8 for L1,
+# 1 for MSE) means the first steps blew the weights up: a learning rate far too high.
+EXPLODED = 10.0
 
 
 class Batches:
@@ -127,21 +132,26 @@ def fit(
     With ``train.labels`` and ``aux_weight`` > 0 the training loss adds ``aux_weight`` × the
     cross-entropy of the model's auxiliary head; validation (early stopping) stays on the target alone.
     ``target_scale`` (the target's std) turns the history's MAE columns into the target's unit.
+    A non-finite training or validation loss raises `TrainingDiverged`; a loss that explodes, or a best
+    model no better than predicting the mean, is logged and listed in ``FitResult.warnings``.
     """
     generator = torch.Generator().manual_seed(seed)
     # fused: one kernel for all parameters; the per-tensor loop was 14% of an epoch at batch 16 on CPU
     # (1.5 against 0.3 ms a step for the default model).
     optimizer = torch.optim.AdamW(param_groups, lr=options.lr, weight_decay=options.weight_decay, fused=True)
+    lrs = _lrs(optimizer.param_groups)
     loss_fn = LOSSES[options.loss]
     val_batches = val.epoch()
+    mean_loss = {"train": _mean_predictor_loss(train.y, loss_fn), "val": _mean_predictor_loss(val.y, loss_fn)}
+    warnings: list[str] = []
     best = {"loss": math.inf, "epoch": -1, "state": copy.deepcopy(model.state_dict())}
     history: list[dict[str, float]] = []
     start = time.perf_counter()
     lr_columns = {f"lr_{g.get('name', k)}": g for k, g in enumerate(optimizer.param_groups)}
-    history_writer = _HistoryWriter(history_csv, [*HISTORY_COLUMNS, *lr_columns])
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}")]
-    with Progress(*columns, disable=not progress, transient=True) as bar:
+    with Progress(*columns, disable=not progress, transient=True) as bar, _HistoryWriter(
+            history_csv, [*HISTORY_COLUMNS, *lr_columns]) as history_writer:
         task = bar.add_task(description, total=options.max_epochs, status="")
         for epoch in range(options.max_epochs):
             model.train()
@@ -149,11 +159,20 @@ def fit(
             for batch, y, *labels in train.epoch(generator):
                 optimizer.zero_grad(set_to_none=True)
                 loss, prediction = training_loss(model, batch, y, loss_fn, aux_weight, *labels)
+                if not torch.isfinite(loss):  # before the step: the weights of the last finite epoch stay
+                    raise TrainingDiverged(_diverged_message(description, epoch, "training", loss.item(), lrs))
                 loss.backward()
                 optimizer.step()
                 train_loss += loss.item() * len(y)
                 train_error += (prediction.detach() - y).abs().sum().item()
             val_loss, val_error = evaluate(model, val_batches, loss_fn)
+            if not math.isfinite(val_loss):
+                raise TrainingDiverged(_diverged_message(description, epoch, "validation", val_loss, lrs))
+            ratio = train_loss / len(train) / mean_loss["train"]
+            if ratio > EXPLODED and not warnings:
+                warnings.append(_warn(f"{description}: the training loss of epoch {epoch} is {ratio:,.0f}x that of"
+                                      f" predicting the mean: the learning rate ({lrs}) is probably"
+                                      " too high."))
             history.append({
                 "epoch": epoch, "train_loss": train_loss / len(train), "val_loss": val_loss,
                 "train_mae": train_error / len(train) * target_scale, "val_mae": val_error * target_scale,
@@ -169,9 +188,31 @@ def fit(
                          history[-1]["train_loss"], val_loss, best["loss"], best["epoch"], time.perf_counter() - start)
             if epoch - best["epoch"] >= options.patience:
                 break
-    history_writer.close()
     model.load_state_dict(best["state"])
-    return FitResult(best["epoch"], len(history), best["loss"], time.perf_counter() - start, history)
+    if best["loss"] >= mean_loss["val"]:
+        warnings.append(_warn(f"{description}: the best model ({best['loss']:.4g}) is no better on validation than"
+                              f" predicting the training mean ({mean_loss['val']:.4g}); check the learning rate"
+                              f" ({lrs}) and the data."))
+    return FitResult(best["epoch"], len(history), best["loss"], time.perf_counter() - start, history, warnings)
+
+
+def _mean_predictor_loss(y: Tensor, loss_fn) -> float:
+    """The loss of predicting 0 (the training mean, on standardised targets)."""
+    return max(float(loss_fn(torch.zeros_like(y), y)), 1e-12)
+
+
+def _lrs(param_groups: list[dict]) -> str:
+    return ", ".join(f"{g.get('name', 'lr')} {g['lr']:g}" for g in param_groups)
+
+
+def _diverged_message(description: str, epoch: int, which: str, value: float, lrs: str) -> str:
+    return (f"{description}: the {which} loss became {value} at epoch {epoch}; the training diverged and its"
+            f" weights are useless. Lower the learning rate ({lrs}).")
+
+
+def _warn(message: str) -> str:
+    log.warning(message)
+    return message
 
 
 # Losses are on standardised targets (what early stopping compares); MAEs are in the target's unit.
@@ -192,7 +233,10 @@ class _HistoryWriter:
             self.writer.writerow(row)
             self.handle.flush()
 
-    def close(self) -> None:
+    def __enter__(self) -> _HistoryWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
         if self.handle:
             self.handle.close()
 
