@@ -164,7 +164,7 @@ def fit(
                 loss.backward()
                 optimizer.step()
                 train_loss += loss.item() * len(y)
-                train_error += (prediction.detach() - y).abs().sum().item()
+                train_error += (prediction.detach() - y).abs().sum()  # a tensor: no sync per step
             val_loss, val_error = evaluate(model, val_batches, loss_fn)
             if not math.isfinite(val_loss):
                 raise TrainingDiverged(_diverged_message(description, epoch, "validation", val_loss, lrs))
@@ -175,7 +175,7 @@ def fit(
                                       " too high."))
             history.append({
                 "epoch": epoch, "train_loss": train_loss / len(train), "val_loss": val_loss,
-                "train_mae": train_error / len(train) * target_scale, "val_mae": val_error * target_scale,
+                "train_mae": float(train_error) / len(train) * target_scale, "val_mae": val_error * target_scale,
                 "elapsed_s": round(time.perf_counter() - start, 3),
                 **{name: group["lr"] for name, group in lr_columns.items()},
             })
