@@ -46,8 +46,8 @@ def test_predict_writes_one_row_per_structure(trained, demo_energy, tmp_path, ca
     csv = tmp_path / "pred.csv"
     assert main(["-q", "predict", str(out / "model.ckpt"), *files, "-o", str(csv)]) == 0
     table = pd.read_csv(csv)
-    assert len(table) == 3 and table.columns[-1] == "energy_per_atom [eV/atom]"
-    assert table.iloc[:, -1].notna().all()
+    assert len(table) == 3 and table.columns[2] == "energy_per_atom [eV/atom]"
+    assert table.iloc[:, 2].notna().all()
 
 
 @pytest.mark.parametrize("argv, named", [

@@ -19,10 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # reports state the command that made them
     _setup_logging(args.quiet)
-    if args.threads:
-        import torch
+    # Commands that run a model get the measured default; listing datasets or the cache never loads torch.
+    if args.command in ("train", "eval", "predict", "demo") or (args.threads and args.command == "study"):
+        from mattransfer.threads import set_threads
 
-        torch.set_num_threads(args.threads)
+        set_threads(args.threads)
     try:
         return args.handler(args) or 0
     except MattransferError as exc:
@@ -41,51 +42,73 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mattransfer",
         description="Transfer learning for small materials-property datasets with crystal graph networks.",
     )
+    parser.add_argument("--version", action=_VersionAction, help="print the version (and git commit) and exit")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors, no progress bars")
-    parser.add_argument("--threads", type=int, metavar="N",
-                        help="torch threads of this process (default: torch's, one per core); on a busy machine 1"
-                             " avoids threads waiting on each other. Study workers take cores/workers each.")
+    parser.add_argument("--threads", type=_positive_int, metavar="N",
+                        help="torch threads of this process (default: the cores not busy with other work, i.e."
+                             " cores minus the load average, at least 1: on a busy machine more threads only wait"
+                             " on each other; bench/threads.py). Study workers take cores/workers each.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="pre-train, or fine-tune when the options have a `finetune` section",
                                 description="Train a model from an options YAML (metatrain-style).")
     train.add_argument("options", type=Path, help="options YAML (see configs/)")
-    train.add_argument("--output-dir", type=Path, help="override output_dir")
-    train.add_argument("--device", help="override device (auto, cpu, cuda)")
+    train.add_argument("--output-dir", type=Path, help="override output_dir (the run directory)")
+    train.add_argument("--device", help="override device: auto, cpu, cuda, cuda:1 …")
     train.set_defaults(handler=_train)
 
-    evaluate = commands.add_parser("eval", help="test a checkpoint on a dataset's fixed test set",
+    evaluate = commands.add_parser("eval", help="score a checkpoint on a dataset's fixed test set or on a data file",
                                    description="Evaluate a checkpoint; metrics in the target's unit.")
-    evaluate.add_argument("checkpoint", type=Path)
+    evaluate.add_argument("checkpoint", type=Path, help="model.ckpt of a run directory")
     _add_data_arguments(evaluate)
-    evaluate.add_argument("--subset", choices=["test", "all"], default="test",
-                          help="the dataset's fixed test set (default) or every row")
+    evaluate.add_argument("--subset", choices=["test", "all"],
+                          help="rows to score: the fixed test set (default for a dataset key) or every row"
+                               " (default for a data file)")
     evaluate.add_argument("--predictions", type=Path, help="also write per-structure predictions to this CSV")
     evaluate.add_argument("--allow-other-target", action="store_true",
                           help="score the checkpoint on a dataset of another property or unit (refused by default)")
+    evaluate.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 or auto")
     evaluate.set_defaults(handler=_eval)
 
     predict = commands.add_parser("predict", help="predict structures from CIF/POSCAR/extxyz files into a CSV",
-                                  description="Predict the checkpoint's property for structure files.")
-    predict.add_argument("checkpoint", type=Path)
-    predict.add_argument("files", type=Path, nargs="+", help="CIF, POSCAR or (ext)xyz files")
-    predict.add_argument("-o", "--output", type=Path, default=Path("predictions.csv"))
+                                  description="Predict the checkpoint's property for structure files, with a"
+                                              " warning for structures outside the training domain.")
+    predict.add_argument("checkpoint", type=Path, help="model.ckpt of a run directory")
+    predict.add_argument("files", type=Path, nargs="+", help="CIF, POSCAR or (ext)xyz files (one row per frame)")
+    predict.add_argument("-o", "--output", type=Path, default=Path("predictions.csv"),
+                         help="CSV to write: id, formula, prediction and training-domain columns"
+                              " (default: predictions.csv)")
+    predict.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 or auto")
     predict.set_defaults(handler=_predict)
 
-    datasets = commands.add_parser("datasets", help="list the dataset keys, sizes, targets and sources")
+    datasets = commands.add_parser("datasets", help="list the dataset keys, sizes, targets and sources",
+                                   description="Row counts are read once per file and cached (keyed by path,"
+                                               " modification time and size).")
     datasets.add_argument("--data-sources", type=Path, help="data-sources YAML (default: $MATTRANSFER_DATA_SOURCES)")
     datasets.set_defaults(handler=_datasets)
 
     demo = commands.add_parser("demo", help="pre-train → fine-tune (all methods) → evaluate on the embedded demo data",
                                description="Runs in a few minutes on a laptop CPU; no download.")
-    demo.add_argument("--output-dir", type=Path, default=Path("runs/demo"))
-    demo.add_argument("--epochs", type=int, default=200, help="max epochs per training")
+    demo.add_argument("--output-dir", type=Path, default=Path("runs/demo"), help="where the runs go (default: runs/demo)")
+    demo.add_argument("--epochs", type=int, default=200, help="max epochs per training (default: 200)")
     demo.set_defaults(handler=_demo)
+
+    cache = commands.add_parser("cache", help="show or clear the cache (graphs, demo data, dataset metadata)",
+                                description="The cache is $MATTRANSFER_CACHE, else ~/.cache/mattransfer.")
+    cache_commands = cache.add_subparsers(dest="cache_command", required=True, metavar="CACHE_COMMAND")
+    cache_info = cache_commands.add_parser("info", help="location, and files and size per kind")
+    cache_info.set_defaults(handler=_cache_info)
+    cache_clear = cache_commands.add_parser("clear", help="delete cached files (all, or those unused for DAYS)")
+    cache_clear.add_argument("--older-than", type=float, metavar="DAYS",
+                             help="only files not used for DAYS days (a file's time is refreshed when it is used)")
+    cache_clear.set_defaults(handler=_cache_clear)
 
     study = commands.add_parser("study", help="run the transfer study (Parts 1-4): resumable grids of trainings",
                                 description="Run, inspect or copy a study. Presets: quick (embedded demo), paper.")
     study_commands = study.add_subparsers(dest="study_command", required=True, metavar="STUDY_COMMAND")
-    study_run = study_commands.add_parser("run", help="run every task not yet done (resumes a killed study)")
+    study_run = study_commands.add_parser("run", help="run every task not yet done (resumes a killed study)",
+                                          description="Run a study's tasks in worker processes, one torch thread"
+                                                      " each by default.")
     study_run.add_argument("spec", help="a study YAML or a preset name (quick, paper)")
     study_run.add_argument("--out", type=Path, required=True, help="study directory (results, tasks, report)")
     study_run.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
@@ -93,11 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     study_run.add_argument("--report", action="store_true", help="write the report when the study finishes")
     study_run.set_defaults(handler=_study_run)
     study_status = study_commands.add_parser("status", help="counts of done / failed / remaining tasks")
-    study_status.add_argument("study_dir", type=Path)
+    study_status.add_argument("study_dir", type=Path, help="the study directory given to `study run --out`")
     study_status.set_defaults(handler=_study_status)
     study_preset = study_commands.add_parser("preset", help="copy a preset to a YAML file to edit")
     study_preset.add_argument("name", help="preset name (quick, paper)")
-    study_preset.add_argument("path", type=Path)
+    study_preset.add_argument("path", type=Path, help="YAML file to write")
     study_preset.set_defaults(handler=_study_preset)
 
     select = commands.add_parser(
@@ -113,15 +136,45 @@ def build_parser() -> argparse.ArgumentParser:
     select.set_defaults(handler=_select)
 
     report = commands.add_parser("report", help="write the study's Markdown/HTML report with figures")
-    report.add_argument("study_dir", type=Path)
+    report.add_argument("study_dir", type=Path, help="the study directory given to `study run --out`")
     report.set_defaults(handler=_report)
     return parser
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the git commit is looked up only when asked (it runs git)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from mattransfer import __version__
+        from mattransfer.provenance import git_commit
+
+        commit = git_commit()
+        print(f"mattransfer {__version__}" + (f" (git {commit})" if commit else ""))
+        parser.exit()
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _console():
+    """A rich console; as wide as the terminal, or 160 columns when output goes to a file or pipe."""
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="a dataset key (see `mattransfer datasets`) or a data file")
-    parser.add_argument("--target", help="target column / atoms.info key (data files only)")
-    parser.add_argument("--unit", default="", help="target unit (data files only)")
+    parser.add_argument("--target", help="target column / atoms.info key (data files only; default: the"
+                                         " checkpoint's target)")
+    parser.add_argument("--unit", help="target unit (data files only; default: the checkpoint's unit)")
     parser.add_argument("--data-sources", type=Path, help="data-sources YAML (default: $MATTRANSFER_DATA_SOURCES)")
     parser.add_argument("--test-seed", type=int,
                         help="seed of the fixed test set (default: the one the checkpoint was trained with)")
@@ -130,7 +183,10 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
 def _setup_logging(quiet: bool) -> None:
     from rich.logging import RichHandler
 
-    handler = RichHandler(show_path=False, show_time=False, markup=False)
+    from rich.console import Console
+
+    # stderr: stdout carries the results (eval's JSON, tables), which must stay parseable.
+    handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False, markup=False)
     handler.setLevel(logging.WARNING if quiet else logging.INFO)  # run logs still get INFO
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO)
@@ -148,7 +204,10 @@ def _train(args: argparse.Namespace) -> None:
     from mattransfer.training.run import run
 
     overrides = {k: v for k, v in (("output_dir", args.output_dir), ("device", args.device)) if v is not None}
-    config = load_config(args.options, {k: str(v) for k, v in overrides.items()})
+    overrides = {k: str(v) for k, v in overrides.items()}
+    if args.threads is not None:  # the command line wins over the options file
+        overrides["threads"] = args.threads
+    config = load_config(args.options, overrides)
     summary = run(config, progress=not args.quiet)
     print(f"{summary['method']} {summary['dataset']}: test MAE {summary['test']['mae']:.4g} {summary['unit']}"
           f" (RMSE {summary['test']['rmse']:.4g}, R² {summary['test']['r2']:.3f});"
@@ -160,18 +219,21 @@ def _eval(args: argparse.Namespace) -> None:
 
     import pandas as pd
 
+    from mattransfer.data.registry import REGISTRY
     from mattransfer.data.splits import fixed_test_ids, test_overlap
     from mattransfer.models.model import TransferModel
     from mattransfer.training.metrics import regression_metrics
-    from mattransfer.training.run import load_table, predict_structures
+    from mattransfer.training.run import load_table, predict_structures, resolve_device
 
-    model = TransferModel.load(args.checkpoint)
-    table = load_table(_data_config(args), _sources(args.data_sources))
+    model = TransferModel.load(args.checkpoint).to(resolve_device(args.device))
+    table = load_table(_data_config(args, model), _sources(args.data_sources))
     _check_same_property(model, table, args)
+    # A dataset key has a fixed test set; a user's file is scored whole unless asked otherwise.
+    subset = args.subset or ("test" if args.data in REGISTRY else "all")
     test_set = {}
-    if args.subset == "test":  # the test set as the checkpoint's training drew it
+    if subset == "test":  # the test set as the checkpoint's training drew it
         trained = model.training_data[-1] if model.training_data else {"test_fraction": 0.1, "test_seed": 0}
-        test_set = {"test_fraction": trained["test_fraction"],
+        test_set = {"test_fraction": trained["test_fraction"] or 0.1,  # 0: it was tested on a file of its own
                     "test_seed": trained["test_seed"] if args.test_seed is None else args.test_seed}
         table = table.subset(fixed_test_ids(table.ids, test_set["test_fraction"], test_set["test_seed"]))
     predictions = predict_structures(model, table)
@@ -182,7 +244,7 @@ def _eval(args: argparse.Namespace) -> None:
     if seen["same_structure"]:
         log.warning("%d of the %d structures scored were in the checkpoint's training data (e.g. %s).",
                     seen["same_structure"], len(table), seen["examples"][:3])
-    print(json.dumps({"checkpoint": str(args.checkpoint), "data": table.name, "subset": args.subset, **test_set,
+    print(json.dumps({"checkpoint": str(args.checkpoint), "data": table.name, "subset": subset, **test_set,
                       "unit": table.unit, **metrics, "seen_in_training": seen}, indent=2))
 
 
@@ -197,36 +259,29 @@ def _check_same_property(model, table, args: argparse.Namespace) -> None:
         )
 
 
-def _data_config(args: argparse.Namespace):
+def _data_config(args: argparse.Namespace, model):
     from mattransfer.config import DataConfig
     from mattransfer.data.registry import REGISTRY
-    from mattransfer.errors import ConfigError
 
     if args.data in REGISTRY:
         return DataConfig(dataset=args.data)
-    if args.target is None:
-        raise ConfigError(f"--data {args.data!r} is not a dataset key, so it is read as a file and needs --target.")
-    return DataConfig(read_from=Path(args.data), target=args.target, unit=args.unit)
+    target = args.target or model.target.get("name")
+    unit = model.target.get("unit", "") if args.unit is None else args.unit
+    return DataConfig(read_from=Path(args.data), target=target, unit=unit)
 
 
 def _predict(args: argparse.Namespace) -> None:
+    from mattransfer.api import load
     from mattransfer.data.readers import read_structures
-    from mattransfer.models.model import TransferModel
-    from mattransfer.training.run import predict_structures
 
-    model = TransferModel.load(args.checkpoint)
-    table = read_structures(args.files)
-    predictions = predict_structures(model, table)
-    column = f"{model.target['name']} [{model.target['unit']}]"
-    with open(args.output, "w") as handle:
-        handle.write(f"id,formula,{column}\n")
-        for row_id, structure, value in zip(table.ids, table.structures, predictions):
-            handle.write(f"{row_id},{structure.composition.reduced_formula},{value:.6g}\n")
-    print(f"wrote {len(table)} predictions of {column} to {args.output}")
+    model = load(args.checkpoint, device=args.device)
+    frame, summary = model.predict_with_domain(read_structures(args.files))
+    frame.to_csv(args.output, index=False, float_format="%.6g")  # the csv module quotes names with commas
+    print(f"wrote {len(frame)} predictions of {model.target} [{model.unit}] to {args.output}")
+    print(summary, file=sys.stderr if summary.startswith("warning") else sys.stdout)
 
 
 def _datasets(args: argparse.Namespace) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from mattransfer.data.registry import REGISTRY
@@ -236,13 +291,40 @@ def _datasets(args: argparse.Namespace) -> None:
     for key, spec in REGISTRY.items():
         resolved = sources.spec(key)
         table.add_row(key, spec.description, resolved.target, spec.unit, sources.size(key), sources.location(key))
-    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    _console().print(table)
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from mattransfer.demo import run_demo
+    from mattransfer.demo import demo_table, run_demo
 
-    run_demo(args.output_dir, max_epochs=args.epochs, progress=not args.quiet)
+    _console().print(demo_table(run_demo(args.output_dir, max_epochs=args.epochs, progress=not args.quiet)))
+
+
+def _cache_info(args: argparse.Namespace) -> None:
+    from rich.table import Table
+
+    from mattransfer.paths import cache_dir, cache_usage
+
+    table = Table("kind", "files", "size", title=f"cache {cache_dir()}")
+    for kind, (files, size) in cache_usage().items():
+        table.add_row(kind, str(files), _size(size))
+    _console().print(table)
+
+
+def _cache_clear(args: argparse.Namespace) -> None:
+    from mattransfer.paths import cache_dir, clear_cache
+
+    files, size = clear_cache(args.older_than)
+    age = f" unused for {args.older_than:g} days" if args.older_than is not None else ""
+    print(f"removed {files} files{age} ({_size(size)}) from {cache_dir()}")
+
+
+def _size(n_bytes: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n_bytes < 1000 or unit == "GB":
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1000
+    return ""
 
 
 def _study_run(args: argparse.Namespace) -> int:

@@ -17,7 +17,13 @@ from mattransfer.training.trainer import COMPILE_HELP, TrainingOptions
 
 
 class DataConfig(BaseModel):
-    """A registry key (``dataset``) or a file (``read_from``); then how many samples to draw."""
+    """A registry key (``dataset``) or a file (``read_from``); then how many samples to draw.
+
+    The test set is the data's fixed ``test_fraction`` (the ids of lowest seeded hash, the same for
+    every run on the data) or a file of its own (``test_set``); the validation set is ``val_fraction``
+    of the samples or a file (``validation_set``). Files are read like ``read_from`` (same reader and
+    columns). A number for ``test_set`` / ``validation_set`` is a fraction, as in metatrain.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -29,9 +35,28 @@ class DataConfig(BaseModel):
     structure_column: str = "structure"
     id_column: str | None = None
     n_samples: int | None = Field(None, ge=2, description="samples drawn from the non-test pool (default: all)")
-    test_fraction: float = Field(0.1, gt=0, lt=1)
-    val_fraction: float = Field(0.1, gt=0, lt=1)
+    test_set: Path | None = Field(None, description="a file of test structures, scored instead of a fraction of the data")
+    validation_set: Path | None = Field(None, description="a file of validation structures (early stopping)")
+    test_fraction: float | None = Field(
+        None, ge=0, lt=1, description="fraction of the data held out as the fixed test set: 0.1, or 0 with a test_set file")
+    val_fraction: float | None = Field(
+        None, ge=0, lt=1, description="fraction of the samples used for validation: 0.1, or 0 with a validation_set file")
     test_seed: int = Field(0, description="seed of the fixed test set; keep it to compare experiments")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _set_as_fraction(cls, raw: Any) -> Any:
+        # `test_set: 0.2` is metatrain's spelling of `test_fraction: 0.2`: one field holds it.
+        if not isinstance(raw, dict):
+            return raw
+        raw = dict(raw)
+        for key, fraction in (("test_set", "test_fraction"), ("validation_set", "val_fraction")):
+            value = raw.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if raw.get(fraction) is not None and raw[fraction] != value:
+                    raise ValueError(f"`{key}: {value}` is a fraction and `{fraction}: {raw[fraction]}` another; give one")
+                raw[fraction], raw[key] = value, None
+        return raw
 
     @model_validator(mode="after")
     def _one_source(self) -> DataConfig:
@@ -39,6 +64,13 @@ class DataConfig(BaseModel):
             raise ValueError("give exactly one of `dataset` (a registry key) or `read_from` (a file)")
         if self.read_from is not None and self.target is None:
             raise ValueError("`target` is required with `read_from` (the column or atoms.info key to learn)")
+        for key, fraction, name in (("test_set", "test_fraction", "test"), ("validation_set", "val_fraction", "validation")):
+            path, value = getattr(self, key), getattr(self, fraction)
+            if path is not None and value:
+                raise ValueError(f"`{key}` is a file, so the {name} set is that file: `{fraction}` must be 0 or absent")
+            if path is None and value == 0:
+                raise ValueError(f"`{fraction}: 0` leaves no {name} set: give `{key}: FILE` or a fraction above 0")
+            setattr(self, fraction, 0.0 if path is not None else (0.1 if value is None else value))
         return self
 
 
@@ -71,6 +103,7 @@ class TrainConfig(BaseModel):
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1 …")
     compile: bool = Field(False, description=COMPILE_HELP)
+    threads: int | None = Field(None, ge=1, description="torch threads; default: the cores not busy (`--threads` overrides)")
     output_dir: Path = Path("runs/run")
     data_sources: Path | None = Field(None, description="YAML with data_dir and per-key local files")
     data: DataConfig
@@ -97,8 +130,12 @@ def load_options(path: Path, model: type[Options], overrides: dict[str, Any] | N
     raw = read_yaml(path, "options file")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of options at the top level.")
-    raw.update(overrides or {})
+    return config_from_dict({**raw, **(overrides or {})}, path, model)
+
+
+def config_from_dict(raw: dict[str, Any], source: Path | str, model: type[Options] = TrainConfig) -> Options:
+    """Validate options given as a mapping into ``model``; errors name ``source`` and the key."""
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, path)) from exc
+        raise ConfigError(format_validation_error(exc, source)) from exc

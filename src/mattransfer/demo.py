@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from mattransfer.config import DataConfig, FinetuneConfig, TrainConfig
@@ -27,7 +26,7 @@ METHOD_OPTIONS = {
 
 
 def run_demo(output_dir: Path, max_epochs: int = 200, finetune_size: int = 60, progress: bool = True) -> list[dict]:
-    """Pre-train, fine-tune with each method, and print and save the comparison table."""
+    """Pre-train, fine-tune with each method, and save the summaries (`demo_table` shows them)."""
     model = ModelConfig(encoder={"name": "cgcnn", "hidden": 32, "n_layers": 3})
     training = TrainingOptions(max_epochs=max_epochs, patience=30, batch_size=16)
     pretrain = TrainConfig(output_dir=output_dir / "pretrain_energy", data=DataConfig(dataset="demo_energy"),
@@ -42,16 +41,15 @@ def run_demo(output_dir: Path, max_epochs: int = 200, finetune_size: int = 60, p
                                     config=options),
         )
         summaries.append(run(finetune, progress))
-    _print_table(summaries)
     (output_dir / "summary.json").write_text(json.dumps(summaries, indent=2))
     return summaries
 
 
-def _print_table(summaries: list[dict]) -> None:
+def demo_table(summaries: list[dict]) -> Table:
     table = Table("run", "dataset", "n_train", "trainable", "epochs (best)", "test MAE", "R²", "seconds",
                   title="mattransfer demo: pre-train on EMT energy, fine-tune on EMT bulk modulus")
     for s in summaries:
         table.add_row(s["method"], s["dataset"], str(s["n_train"]), f"{s['n_trainable']:,}",
                       f"{s['epochs_run']} ({s['best_epoch']})", f"{s['test']['mae']:.4g} {s['unit']}",
                       f"{s['test']['r2']:.3f}", f"{s['wall_seconds']:.1f}")
-    Console().print(table)
+    return table

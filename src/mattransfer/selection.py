@@ -15,6 +15,7 @@ With nothing labelled yet, ``init_pick`` structures are picked at random. No can
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from mattransfer.finetune import METHODS, param_groups
 from mattransfer.graphs.build import cached_graphs
 from mattransfer.models.model import TransferModel
 from mattransfer.training.run import Dataset, predict_batches, resolve_device, run_log, train_and_test
-from mattransfer.training.trainer import Batches, EmbeddingBatches, TrainingOptions, encode
+from mattransfer.training.trainer import Batches, EmbeddingBatches, TrainingOptions
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ def shared_latent(pretrained: TransferModel, settings: SelectionSettings, data: 
     probe = prepare(copy.deepcopy(pretrained), options_cls(**settings.ensemble.config))
     if "encoder" not in probe.frozen:
         return None
-    return encode(probe.encoder.to(device), data.graphs, torch.arange(len(data.graphs)), device)
+    return probe.to(device).embed(data.graphs)
 
 
 def train_ensemble(
@@ -299,7 +300,8 @@ def select(config: SelectConfig) -> pd.DataFrame:
         else:
             pretrained = TransferModel.load(config.read_from)
             device = resolve_device(config.device)
-            joined = _joined(labelled, pool)
+            # one table (pool targets NaN) so that one graph store serves training and ranking
+            joined, _ = labelled.concat(dataclasses.replace(pool, target=labelled.target, unit=labelled.unit), "pool:")
             data = Dataset(joined, cached_graphs(joined, pretrained.graphs, progress=False))
             latent = shared_latent(pretrained, config, data, device)
             members, _ = train_ensemble(pretrained, data, labelled.ids, config, config.seed, device,
@@ -322,9 +324,3 @@ def select(config: SelectConfig) -> pd.DataFrame:
                                                  "stop": len(selected) == 0, "wall_seconds": time.perf_counter() - start})
         return selected.reset_index(drop=True)
 
-
-def _joined(labelled: PropertyTable, pool: PropertyTable) -> PropertyTable:
-    """Labelled rows and pool rows (targets NaN) in one table, so one graph store serves training and ranking."""
-    return PropertyTable(labelled.name, labelled.target, labelled.unit, f"{labelled.source} + {pool.source}",
-                         labelled.ids + pool.ids, labelled.structures + pool.structures,
-                         np.concatenate([labelled.y, pool.y]))

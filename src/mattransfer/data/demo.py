@@ -22,6 +22,7 @@ from matminer.utils.io import load_dataframe_from_json, store_dataframe_as_json
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from mattransfer.fileio import atomic_path
+from mattransfer.paths import touch
 
 __all__ = ["ELEMENTS", "TARGETS", "build_demo_frame", "demo_path"]
 
@@ -153,6 +154,7 @@ def demo_path(cache_dir: Path, n_structures: int = 300, seed: int = 0) -> Path:
     cache_dir = Path(cache_dir)
     path = cache_dir / f"demo-{_CACHE_VERSION}-n{n_structures}-s{seed}.json.gz"
     if path.exists():
+        touch(path)
         return path
 
     cache_dir.mkdir(parents=True, exist_ok=True)

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import TYPE_CHECKING, Literal, Sequence
 
-import numpy as np
-import pandas as pd
-from pymatgen.core import Structure
-from pymatgen.io.ase import AseAtomsAdaptor
-
-from mattransfer.data.table import PropertyTable
 from mattransfer.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from pymatgen.core import Structure
+
+    from mattransfer.data.table import PropertyTable
+
+# Heavy libraries (pandas, pymatgen, ASE: seconds to import) load inside the readers, so that
+# importing this module (for `Reader`) keeps `mattransfer datasets` and `--help` fast.
 
 Reader = Literal["matminer", "ase", "csv"]
 
@@ -58,17 +61,38 @@ def read_frame(path: Path, reader: Reader | None = None, structure_column: str =
 
 
 def _read_matminer(path: Path) -> pd.DataFrame:
+    """Structures stay encoded until a run uses them (`EncodedStructure`); other monty objects are decoded."""
     from matminer.utils.io import load_dataframe_from_json
+    from monty.json import MontyDecoder
 
-    frame = load_dataframe_from_json(str(path), pbar=False)
+    import pandas as pd
+
+    from mattransfer.data.table import EncodedStructure
+
+    frame = load_dataframe_from_json(str(path), pbar=False, decode=False)
     if not isinstance(frame, pd.DataFrame):  # valid JSON, but no table in it
         raise DataError(f"{path}: the JSON holds no table (expected a data frame as matminer writes it:"
                         " columns, index and data).")
+    decoder = MontyDecoder()
+    for column in frame.columns:
+        if frame[column].dtype != object:
+            continue
+        if frame[column].map(_is_encoded_structure).all():
+            frame[column] = [EncodedStructure(d, f"{path}: row {i!r} column {column!r}") for i, d in frame[column].items()]
+        elif frame[column].map(lambda v: isinstance(v, dict) and "@class" in v).any():
+            frame[column] = frame[column].map(decoder.process_decoded)
     return frame
+
+
+def _is_encoded_structure(value: object) -> bool:
+    return isinstance(value, dict) and value.get("@class") == "Structure"
 
 
 def _read_extxyz(path: Path) -> pd.DataFrame:
     import ase.io
+    import numpy as np
+    import pandas as pd
+    from pymatgen.io.ase import AseAtomsAdaptor
 
     frames = ase.io.read(path, index=":")
     if not frames:
@@ -89,6 +113,8 @@ def _read_extxyz(path: Path) -> pd.DataFrame:
 
 
 def _read_csv(path: Path, structure_column: str) -> pd.DataFrame:
+    import pandas as pd
+
     frame = pd.read_csv(path)
     if "id" in frame.columns:
         frame = frame.set_index("id")
@@ -103,6 +129,8 @@ def _read_csv(path: Path, structure_column: str) -> pd.DataFrame:
 
 
 def _parse_structure_text(text: object, where: str) -> Structure:
+    from pymatgen.core import Structure
+
     if not isinstance(text, str) or not text.strip():
         raise DataError(f"{where}: empty structure cell.")
     fmt = "cif" if "_cell_length_a" in text else "poscar"
@@ -118,6 +146,10 @@ def read_structures(paths: Sequence[Path]) -> PropertyTable:
     Ids are the file stems, with the frame number for multi-frame files.
     """
     import ase.io
+    import numpy as np
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from mattransfer.data.table import PropertyTable
 
     ids, structures = [], []
     for path in map(Path, paths):

@@ -9,16 +9,23 @@ Materials Project snapshot). Without a local file a key loads through
 
 from __future__ import annotations
 
+import logging
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from mattransfer.data.readers import Reader, read_frame
-from mattransfer.data.table import PropertyTable
 from mattransfer.errors import ConfigError, DataError, format_validation_error, read_yaml
+from mattransfer.fileio import write_json
 from mattransfer.paths import cache_dir
+
+if TYPE_CHECKING:
+    from mattransfer.data.table import PropertyTable
+
+log = logging.getLogger(__name__)
 
 
 class DatasetSpec(BaseModel):
@@ -137,12 +144,12 @@ class DataSources(BaseModel):
         if local is not None:
             path = self._local_path(local)
             return f"{_count_rows(path):,}" if path.exists() else "missing"
-        from matminer.datasets.utils import _load_dataset_dict
-
         name = REGISTRY[key].matminer
         downloaded = (self.data_dir or Path()) / f"{name}.json.gz"
         if self.data_dir is not None and downloaded.exists():
             return f"{_count_rows(downloaded):,}"
+        from matminer.datasets.utils import _load_dataset_dict  # 1-4 s to import: only when needed
+
         return f"{_load_dataset_dict()[name]['num_entries']:,} (online)"
 
     def _local_path(self, local: LocalFile) -> Path:
@@ -155,8 +162,11 @@ class DataSources(BaseModel):
 
     def load(self, key: str) -> PropertyTable:
         """Load dataset ``key`` as a validated table."""
+        from mattransfer.data.table import PropertyTable  # pandas, pymatgen: not needed to list datasets
+
         spec = self.spec(key)
         local = self.datasets.get(key)
+        log.info("reading dataset %s from %s …", key, self.location(key))  # the MP snapshot takes ~40 s
         if key in DEMO_KEYS:
             from mattransfer.data.demo import demo_path
 
@@ -218,13 +228,30 @@ def _expt_gap_with_structures(data_dir: Path | None):
 
 
 def _count_rows(path: Path) -> int:
-    """Rows of a matminer split-JSON file (read as plain JSON: much faster than decoding structures)."""
+    """Rows of a matminer split-JSON file, cached by path, modification time and size.
+
+    Counting reads the whole file (the MP snapshot: ~20 s); the cache makes `mattransfer datasets`
+    instant from its second call on, and a changed file is counted again.
+    """
     import gzip
     import json
 
+    stat = path.stat()
+    key = f"{path.resolve()}|{stat.st_mtime_ns}|{stat.st_size}"
+    cache_file = cache_dir() / "metadata.json"
+    try:
+        cached = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if key in cached:
+        return int(cached[key])
+    log.info("counting the rows of %s (once: the count is cached)", path)
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rt") as handle:
-        return len(json.load(handle)["index"])
+        rows = len(json.load(handle)["index"])
+    cached = {k: v for k, v in cached.items() if not k.startswith(f"{path.resolve()}|")}  # drop stale entries
+    write_json(cache_file, {**cached, key: rows})
+    return rows
 
 
 @lru_cache(maxsize=2)

@@ -23,9 +23,12 @@ from mattransfer.fileio import write_json
 
 
 def fixed_test_ids(ids: Sequence[str], fraction: float = 0.1, seed: int = 0) -> list[str]:
-    """The dataset's test ids: the ``ceil(fraction * n)`` ids of lowest seeded hash, in hash order."""
-    if not 0 < fraction < 1:
-        raise DataError(f"test_fraction must be between 0 and 1, got {fraction}.")
+    """The dataset's test ids: the ``ceil(fraction * n)`` ids of lowest seeded hash, in hash order.
+
+    ``fraction`` 0 means no test ids (the test set is another file).
+    """
+    if not 0 <= fraction < 1:
+        raise DataError(f"test_fraction must be at least 0 and below 1, got {fraction}.")
     ranked = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).digest())
     return ranked[: math.ceil(fraction * len(ids))]
 
@@ -77,7 +80,8 @@ def make_split(
     """Draw ``n_samples`` from the non-test pool with ``seed`` and split them into train and val.
 
     ``n_samples=None`` takes the whole pool. Asking for more than the pool holds is an error:
-    callers that want a cap apply it themselves and record it.
+    callers that want a cap apply it themselves and record it. ``val_fraction`` 0 puts every sample
+    in train (the validation set is another file).
     """
     test = fixed_test_ids(ids, test_fraction, test_seed)
     test_set = set(test)
@@ -88,11 +92,12 @@ def make_split(
             f"{dataset}: {n} samples requested but the pool outside the fixed {test_fraction:.0%} test"
             f" set holds {len(pool)} (dataset size {len(ids)})."
         )
-    if n < 2:
-        raise DataError(f"{dataset}: at least 2 samples are needed (one train, one val), got {n}.")
+    needed = 2 if val_fraction > 0 else 1
+    if n < needed:
+        raise DataError(f"{dataset}: at least {needed} samples are needed (train{' and val' * (needed == 2)}), got {n}.")
     rng = np.random.default_rng(seed)
     chosen = [pool[i] for i in rng.permutation(len(pool))[:n]]
-    n_val = min(max(1, round(n * val_fraction)), n - 1)
+    n_val = min(max(1, round(n * val_fraction)), n - 1) if val_fraction > 0 else 0
     return Split(train=tuple(chosen[n_val:]), val=tuple(chosen[:n_val]), test=tuple(test),
                  test_fraction=test_fraction, test_seed=test_seed)
 

@@ -18,7 +18,7 @@ from rich.progress import Progress
 from mattransfer.data.table import PropertyTable
 from mattransfer.fileio import atomic_path
 from mattransfer.graphs.build import GraphSettings, structures_hash
-from mattransfer.paths import cache_dir
+from mattransfer.paths import cache_dir, touch
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ def cached_bravais_labels(table: PropertyTable, settings: GraphSettings, progres
     """`bravais_labels`, cached beside the graphs under the same content hash."""
     path = cache_dir() / "symmetry" / f"{table.name}-{structures_hash(table, settings)}-{SYMPREC}.npy"
     if path.exists():
+        touch(path)
         return np.load(path)
     labels = bravais_labels(table, progress)
     path.parent.mkdir(parents=True, exist_ok=True)

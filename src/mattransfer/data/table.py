@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
@@ -13,6 +15,52 @@ from pymatgen.core import Structure
 from mattransfer.errors import DataError
 
 log = logging.getLogger(__name__)
+
+
+class EncodedStructure:
+    """A structure as stored in a matminer JSON file, decoded on first use and then kept.
+
+    Decoding is most of the cost of reading a large file (36,737 MP structures: about a minute), and
+    a run often uses a few thousand rows of it. Tables read from one file share these cells, so a
+    structure is decoded once however many tables (eform, bandgap) use it.
+    """
+
+    __slots__ = ("_value", "_where")
+
+    def __init__(self, encoded: dict[str, Any], where: str) -> None:
+        self._value: dict[str, Any] | Structure = encoded
+        self._where = where
+
+    def decode(self) -> Structure:
+        if not isinstance(self._value, Structure):
+            try:
+                self._value = Structure.from_dict(self._value)
+            except Exception as exc:
+                raise DataError(f"{self._where}: could not decode the structure ({type(exc).__name__}: {exc}).") from exc
+        return self._value
+
+
+class Structures(Sequence):
+    """The structures of a table: pymatgen ``Structure``s, some possibly still encoded (decoded when read)."""
+
+    def __init__(self, cells: Iterable[Structure | EncodedStructure]) -> None:
+        self._cells = list(cells)
+
+    def __len__(self) -> int:
+        return len(self._cells)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return Structures(self._cells[index])
+        cell = self._cells[index]
+        return cell.decode() if isinstance(cell, EncodedStructure) else cell
+
+    def __add__(self, other: Structures) -> Structures:
+        return Structures([*self._cells, *other._cells])
+
+    def take(self, rows: Iterable[int]) -> Structures:
+        """The cells at ``rows``, still encoded where they were."""
+        return Structures(self._cells[k] for k in rows)
 
 
 @dataclass
@@ -27,11 +75,15 @@ class PropertyTable:
     unit: str
     source: str
     ids: list[str]
-    structures: list[Structure]
+    structures: Sequence[Structure]
     y: np.ndarray
     dropped: dict[str, int] = field(default_factory=dict)
     # Per row: structure key and reduced formula (`identities`); given where the structures are not.
     known_identities: dict[str, list[str]] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.structures, Structures):
+            self.structures = Structures(self.structures)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -51,8 +103,30 @@ class PropertyTable:
             kind: [values[k] for k in rows] for kind, values in self.known_identities.items()}
         return PropertyTable(
             self.name, self.target, self.unit, self.source, [self.ids[k] for k in rows],
-            [self.structures[k] for k in rows] if self.structures else [], self.y[rows], dict(self.dropped), known,
+            self.structures.take(rows) if len(self.structures) else [], self.y[rows], dict(self.dropped), known,
         )
+
+    def concat(self, other: PropertyTable, prefix: str) -> tuple[PropertyTable, list[str]]:
+        """This table followed by ``other``'s rows (a test or validation file), and their ids here.
+
+        ``other``'s ids get ``prefix`` when any of them is already an id of this table (two CSV files
+        both numbered from 0), so every row keeps a unique id.
+        """
+        ids = list(other.ids)
+        if set(ids).intersection(self.ids):
+            ids = [f"{prefix}{i}" for i in ids]
+            clash = set(ids).intersection(self.ids)
+            if clash:
+                raise DataError(f"{other.source}: ids {sorted(clash)[:3]} are ids of {self.source} too, even as"
+                                f" {prefix}<id>; give the files distinct ids.")
+        if other.unit != self.unit or other.target != self.target:
+            raise DataError(f"{other.source}: target {other.target!r} [{other.unit}] differs from {self.source}'s"
+                            f" {self.target!r} [{self.unit}].")
+        dropped = {k: self.dropped.get(k, 0) + other.dropped.get(k, 0) for k in {*self.dropped, *other.dropped}}
+        table = PropertyTable(self.name, self.target, self.unit, self.source, [*self.ids, *ids],
+                              self.structures + other.structures,
+                              np.concatenate([self.y, other.y]), dropped)
+        return table, ids
 
     @classmethod
     def from_frame(
@@ -96,7 +170,7 @@ class PropertyTable:
             unit=unit,
             source=source,
             ids=[i for i, k in zip(ids, keep) if k],
-            structures=[s for s, k in zip(structures, keep) if k],
+            structures=Structures(s for s, k in zip(structures, keep) if k),
             y=y[keep],
             dropped=dropped,
         )
@@ -138,7 +212,7 @@ def _ids_and_structures(
         )
     structures = list(frame[structure_column])
     for row_id, structure in zip(ids, structures):
-        if not isinstance(structure, Structure):
+        if not isinstance(structure, (Structure, EncodedStructure)):
             raise DataError(
                 f"{source}: row {row_id!r} column {structure_column!r} holds"
                 f" {type(structure).__name__}, not a pymatgen Structure."

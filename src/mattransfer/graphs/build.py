@@ -21,7 +21,7 @@ from rich.progress import Progress
 from mattransfer.data.table import PropertyTable
 from mattransfer.errors import DataError
 from mattransfer.graphs.store import GraphStore
-from mattransfer.paths import cache_dir
+from mattransfer.paths import cache_dir, touch
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,7 @@ def cached_graphs(table: PropertyTable, settings: GraphSettings, progress: bool 
     """`build_graphs`, cached on disk under the content hash: rebuilt when data or settings change."""
     path = _cache_file(table, settings)
     if path.exists():
+        touch(path)  # used now: `mattransfer cache clear --older-than` keeps it
         return GraphStore.load(path)
     store = build_graphs(table, settings, progress)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,7 +115,9 @@ def cached_graphs(table: PropertyTable, settings: GraphSettings, progress: bool 
 def cached_graphs_file(table: PropertyTable, settings: GraphSettings, progress: bool = True) -> Path:
     """The graph cache file of ``table``, built first if missing (for readers that load it themselves)."""
     path = _cache_file(table, settings)
-    if not path.exists():
+    if path.exists():
+        touch(path)
+    else:
         cached_graphs(table, settings, progress)
     return path
 

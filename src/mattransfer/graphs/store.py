@@ -63,6 +63,23 @@ class GraphStore:
             raise KeyError(f"ids not in the graph store: {missing[:5]}")
         return torch.tensor([lookup[i] for i in ids], dtype=torch.long)
 
+    def subset(self, index: Tensor) -> GraphStore:
+        """The graphs at positions ``index`` as a store of their own."""
+        n_atoms = self.atom_ptr[index + 1] - self.atom_ptr[index]
+        n_edges = self.edge_ptr[index + 1] - self.edge_ptr[index]
+        atoms = _concat_ranges(self.atom_ptr[index], n_atoms)
+        edges = _concat_ranges(self.edge_ptr[index], n_edges)
+        zero = torch.zeros(1, dtype=torch.long)
+        return GraphStore(
+            ids=[self.ids[k] for k in index.tolist()], z=self.z[atoms], edge_index=self.edge_index[:, edges],
+            distance=self.distance[edges], atom_ptr=torch.cat([zero, torch.cumsum(n_atoms, 0)]),
+            edge_ptr=torch.cat([zero, torch.cumsum(n_edges, 0)]),
+        )
+
+    def elements(self) -> list[set[int]]:
+        """The atomic numbers of each graph."""
+        return [set(part.tolist()) for part in torch.split(self.z, (self.atom_ptr[1:] - self.atom_ptr[:-1]).tolist())]
+
     def batch(self, index: Tensor) -> GraphBatch:
         """The graphs at positions ``index`` as one batch."""
         n_atoms = self.atom_ptr[index + 1] - self.atom_ptr[index]

@@ -14,7 +14,8 @@ from torch import Tensor, nn
 from mattransfer.errors import ConfigError
 from mattransfer.fileio import atomic_path
 from mattransfer.graphs.build import GraphSettings
-from mattransfer.graphs.store import GraphBatch
+from mattransfer.graphs.store import GraphBatch, GraphStore
+from mattransfer.models.domain import Domain
 from mattransfer.models.encoders import ENCODERS
 from mattransfer.models.head import HeadConfig, MLPHead
 from mattransfer.models.lora import inject_lora
@@ -61,6 +62,8 @@ class TransferModel(nn.Module):
         self.frozen: list[str] = []
         self.lora: dict[str, float] | None = None
         self.aux_head: MLPHead | None = None
+        self.domain: Domain | None = None  # of the data the model was last trained on (models/domain.py)
+        self.provenance: dict[str, Any] = {}  # package version and git commit that trained it
         # `training_record`s of every training these weights went through, pre-training first.
         self.training_data: list[dict[str, Any]] = []
 
@@ -75,14 +78,31 @@ class TransferModel(nn.Module):
     @torch.no_grad()
     def predict(self, batch: GraphBatch) -> Tensor:
         """Predictions in the target's physical unit (float64)."""
-        return self.unstandardise(self(batch))
+        return self.predict_latent(self.encoder(batch))
 
-    def unstandardise(self, output: Tensor) -> Tensor:
-        """The head's standardised output in the target's physical unit (float64)."""
-        return output.double() * self.target_std + self.target_mean
+    @torch.no_grad()
+    def predict_latent(self, latent: Tensor) -> Tensor:
+        """The head's predictions from latent vectors, in the target's physical unit (float64)."""
+        return self.head(latent).double() * self.target_std + self.target_mean
+
+    @torch.no_grad()
+    def embed(self, store: GraphStore, pooling: str | None = None, batch_size: int = 256) -> Tensor:
+        """Latent vectors (len(store), out_dim) of every graph of ``store``, in eval mode, on the model's device.
+
+        ``pooling`` (mean, sum, max) overrides the encoder's own; the head was trained on the latter.
+        """
+        self.eval()
+        device = self.target_mean.device
+        chunks = torch.arange(len(store)).split(batch_size)
+        latent = [self.encoder(store.batch(chunk).to(device), pooling=pooling) for chunk in chunks]
+        return torch.cat(latent) if latent else torch.zeros(0, self.encoder.out_dim, device=device)
 
     def set_target(self, dataset: str, name: str, unit: str, y_train: Tensor) -> None:
-        """Standardise with the training split's mean and std (std of one sample is taken as 1)."""
+        """Standardise with the training split's mean and std (std of one sample is taken as 1).
+
+        A new target means new training data: the old training domain no longer applies.
+        """
+        self.domain = None
         self.target = {"dataset": dataset, "name": name, "unit": unit}
         self.target_mean.fill_(float(y_train.mean()))
         std = float(y_train.std()) if len(y_train) > 1 else 1.0
@@ -139,6 +159,8 @@ class TransferModel(nn.Module):
             "lora": self.lora,
             "aux_classes": self.aux_head[-1].out_features if self.aux_head is not None else None,
             "state_dict": self.state_dict(),
+            "domain": self.domain.to_checkpoint() if self.domain is not None else None,
+            "provenance": self.provenance,
             "training_data": self.training_data,
             **extra,
         }
@@ -161,6 +183,8 @@ class TransferModel(nn.Module):
             reason = next((line for line in lines[1:] if line), lines[0])  # the first mismatch, not the preamble
             raise ConfigError(f"{path}: its weights do not fit the architecture it records ({reason}).") from exc
         model.target = checkpoint["target"]
+        model.domain = Domain.from_checkpoint(checkpoint["domain"]) if checkpoint.get("domain") else None
+        model.provenance = checkpoint.get("provenance") or {}
         model.training_data = list(checkpoint.get("training_data") or [])
         model.frozen.clear()  # add_lora froze batch norms for its run; this model has not been fine-tuned yet
         return model

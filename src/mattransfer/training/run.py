@@ -1,12 +1,14 @@
 """One training run, pre-training or fine-tuning, from options to a finished run directory.
 
-A run directory holds: ``config.yaml`` (resolved options), ``split.json`` (train/val/test ids),
-``history.csv`` (per-epoch losses), ``test_predictions.csv``, ``model.ckpt``, ``metrics.json`` and
-``train.log``.
+A run directory holds: ``config.yaml`` (resolved options, headed by the package version and git
+commit), ``split.json`` (train/val/test ids), ``history.csv`` (per-epoch losses, MAEs in the target's
+unit, learning rates, elapsed seconds), ``learning_curve.png``, ``test_predictions.csv``,
+``model.ckpt`` (with the training domain, `models/domain.py`), ``metrics.json`` and ``train.log``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from contextlib import contextmanager
@@ -27,9 +29,13 @@ from mattransfer.data.table import PropertyTable
 from mattransfer.errors import ConfigError, LeakError
 from mattransfer.fileio import write_atomic, write_json
 from mattransfer.finetune import METHODS, param_groups
-from mattransfer.graphs.build import cached_graphs
+from mattransfer.graphs.build import build_graphs, cached_graphs
 from mattransfer.graphs.store import GraphStore
+from mattransfer.models.domain import Domain
 from mattransfer.models.model import TransferModel
+from mattransfer.provenance import provenance
+from mattransfer.threads import set_threads
+from mattransfer.training.curves import plot_learning_curve
 from mattransfer.training.metrics import regression_metrics
 from mattransfer.training.trainer import Batches, EmbeddingBatches, FitResult, TrainingOptions, fit
 
@@ -51,16 +57,59 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def load_table(data: DataConfig, sources: DataSources) -> PropertyTable:
-    """The table a run's ``data`` section names: a registry key or a file."""
-    if data.dataset is not None:
+def load_table(data: DataConfig, sources: DataSources, path: Path | None = None) -> PropertyTable:
+    """The table a run's ``data`` section names: a registry key or a file.
+
+    With ``path``: that file (a test or validation set), read with the same reader, target and columns.
+    """
+    if data.dataset is not None and path is None:
         return sources.load(data.dataset)
-    path = Path(data.read_from)
-    frame = read_frame(path, data.reader, data.structure_column)
+    if data.dataset is not None:
+        spec = sources.spec(data.dataset)
+        reader, target, unit, structure_column, id_column = None, spec.target, spec.unit, spec.structure_column, spec.id_column
+    else:
+        reader, target, unit, structure_column, id_column = (data.reader, data.target, data.unit, data.structure_column,
+                                                             data.id_column)
+    path = Path(path or data.read_from)
+    frame = read_frame(path, reader, structure_column)
     return PropertyTable.from_frame(
-        frame, name=path.name.split(".")[0], target=data.target, unit=data.unit, source=str(path),
-        structure_column=data.structure_column, id_column=data.id_column,
+        frame, name=data.dataset or path.name.split(".")[0], target=target, unit=unit, source=str(path),
+        structure_column=structure_column, id_column=id_column,
     )
+
+
+def prepare_table(data: DataConfig, sources: DataSources, seed: int) -> tuple[PropertyTable, Split]:
+    """The rows a run uses (its samples, its test set, and any validation or test file) and their split.
+
+    Only these rows are featurized: a pre-training on 941 of eform's 36,737 rows builds the graphs of
+    those and of the fixed test set, not of the whole file.
+    """
+    start = time.perf_counter()
+    table = load_table(data, sources)
+    log.info("data %s: %d rows from %s in %.1f s (dropped: %s)", table.name, len(table), table.source,
+             time.perf_counter() - start, table.dropped or "none")
+    split = make_split(
+        table.ids, data.n_samples, seed, dataset=table.name, test_fraction=data.test_fraction,
+        val_fraction=data.val_fraction, test_seed=data.test_seed,
+    )
+    used = table.subset([*split.train, *split.val, *split.test])
+    parts = {"val": list(split.val), "test": list(split.test)}
+    for part, path in (("val", data.validation_set), ("test", data.test_set)):
+        if path is not None:
+            extra = load_table(data, sources, path)
+            _refuse_training_structures(extra, used.subset(list(split.train)))
+            used, parts[part] = used.concat(extra, prefix=f"{part}:")
+            log.info("%s set: %d rows from %s", part, len(extra), path)
+    return used, dataclasses.replace(split, val=tuple(parts["val"]), test=tuple(parts["test"]))
+
+
+def _refuse_training_structures(other: PropertyTable, train: PropertyTable) -> None:
+    """A test or validation file must not hold a training structure (the same `structure_key`)."""
+    training = dict(zip(train.identities()["structure"], train.ids))
+    shared = [(i, training[key]) for i, key in zip(other.ids, other.identities()["structure"]) if key in training]
+    if shared:
+        raise LeakError(f"{other.source}: {len(shared)} structures are also training samples of {train.source}"
+                        f" (e.g. {shared[0][0]!r} = {shared[0][1]!r}); remove them from one of the two.")
 
 
 @dataclass
@@ -120,6 +169,7 @@ def train_and_test(
     result = fit(
         trained, batches["train"], batches["val"], groups, training, seed=seed, aux_weight=aux_weight,
         history_csv=run_dir / "history.csv" if run_dir else None, progress=progress, description=description,
+        target_scale=float(model.target_std),
     )
     model.training_data.append(training_record(data.table, split))
     predictions = {name: predict_batches(model, b) for name, b in batches.items()}
@@ -137,8 +187,8 @@ def predict_batches(model: TransferModel, batches: Batches) -> torch.Tensor:
     `EmbeddingBatches` hold the encoder's output already: only the head runs on them.
     """
     model.eval()
-    forward = model.head if isinstance(batches, EmbeddingBatches) else model
-    return torch.cat([model.unstandardise(forward(b)).cpu() for b, *_ in batches.epoch()])
+    predict = model.predict_latent if isinstance(batches, EmbeddingBatches) else model.predict
+    return torch.cat([predict(b).cpu() for b, *_ in batches.epoch()])
 
 
 @contextmanager
@@ -164,19 +214,18 @@ def run(config: TrainConfig, progress: bool = True) -> dict:
         config = _with_pretrained_architecture(config, pretrained)
     run_dir = Path(config.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if config.threads is not None:
+        set_threads(config.threads)
     with run_log(run_dir):
         start = time.perf_counter()
         sources = DataSources.from_yaml(config.data_sources) if config.data_sources else DataSources.from_env()
-        table = load_table(config.data, sources)
-        log.info("data %s: %d rows from %s (dropped: %s)", table.name, len(table), table.source, table.dropped or "none")
+        table, split = prepare_table(config.data, sources, config.seed)
         data = Dataset(table, cached_graphs(table, config.graphs, progress))
-        split = make_split(
-            table.ids, config.data.n_samples, config.seed, dataset=table.name,
-            test_fraction=config.data.test_fraction, val_fraction=config.data.val_fraction,
-            test_seed=config.data.test_seed,
-        )
         split.to_json(run_dir / "split.json")
-        write_atomic(run_dir / "config.yaml", yaml.safe_dump(config.resolved(), sort_keys=False))
+        origin = provenance()
+        write_atomic(run_dir / "config.yaml", f"# mattransfer {origin['mattransfer_version']},"
+                     f" git commit {origin['git_commit'] or 'unknown'}\n"
+                     + yaml.safe_dump(config.resolved(), sort_keys=False))
 
         torch.manual_seed(config.seed)
         options = config.finetune.options() if config.finetune else None
@@ -194,27 +243,39 @@ def run(config: TrainConfig, progress: bool = True) -> dict:
         log.info("model: %d parameters, %d trainable; split %d/%d/%d", sum(p.numel() for p in model.parameters()),
                  n_trainable, len(split.train), len(split.val), len(split.test))
 
+        description = f"{config.finetune.method if config.finetune else 'train'} {table.name}"
         result, metrics = train_and_test(
             model, data, split, config.training, groups, seed=config.seed,
-            device=device, run_dir=run_dir, progress=progress,
-            description=f"{config.finetune.method if config.finetune else 'train'} {table.name}",
-            compile=config.compile,
+            device=device, run_dir=run_dir, progress=progress, description=description, compile=config.compile,
         )
+        train_pos = data.graphs.positions(split.train)
+        model.domain = training_domain(model, data.graphs, train_pos, table.y[train_pos.numpy()], config.seed)
+        model.provenance = origin
         model.cpu().save(run_dir / "model.ckpt", config=config.resolved())
+        plot_learning_curve(result.history, result.best_epoch, table.unit, f"{description}: {table.target}",
+                            run_dir / "learning_curve.png")
         summary = {
             "dataset": table.name, "target": table.target, "unit": table.unit,
             "method": config.finetune.method if config.finetune else "pretrain",
             "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
             "dropped": table.dropped, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
             "n_trainable": n_trainable, "fit_seconds": result.seconds,
-            "wall_seconds": time.perf_counter() - start, "warnings": result.warnings,
-            "test_in_pretraining": overlap, **metrics,
+            "wall_seconds": time.perf_counter() - start, "threads": torch.get_num_threads(), "warnings": result.warnings,
+            "test_in_pretraining": overlap, **origin, **metrics,
         }
         write_json(run_dir / "metrics.json", summary)
         log.info("test MAE %.4g %s, RMSE %.4g, R2 %.3f (best epoch %d of %d, %.1f s)", metrics["test"]["mae"],
                  table.unit, metrics["test"]["rmse"], metrics["test"]["r2"], result.best_epoch,
                  result.epochs_run, summary["wall_seconds"])
         return summary
+
+
+def training_domain(model: TransferModel, graphs: GraphStore, train_pos: torch.Tensor, y_train: np.ndarray,
+                    seed: int) -> Domain:
+    """What `predict` compares new structures with (models/domain.py): elements, target range, latent vectors."""
+    subset = graphs.subset(train_pos)
+    latent = model.embed(subset)
+    return Domain.fit(latent, set().union(*subset.elements()), y_train, seed=seed)
 
 
 def _with_pretrained_architecture(config: TrainConfig, pretrained: TransferModel) -> TrainConfig:
@@ -253,10 +314,17 @@ def _check_inherit_head(pretrained: TransferModel, table: PropertyTable, options
         )
 
 
-def predict_structures(model: TransferModel, table: PropertyTable, batch_size: int = 256) -> np.ndarray:
-    """Predictions for every structure of ``table`` (targets ignored), in physical units."""
-    graphs = cached_graphs(table, model.graphs, progress=False)
+def featurize(model: TransferModel, table: PropertyTable, cache: bool = True, progress: bool = False) -> GraphStore:
+    """The graphs of ``table`` with the model's graph settings, checked against its element table.
+
+    ``cache=False`` for one-off structures (predict): they would only grow the cache.
+    """
+    graphs = cached_graphs(table, model.graphs, progress) if cache else build_graphs(table, model.graphs, progress)
     model.encoder.check_elements(graphs)
-    positions = torch.arange(len(graphs))
-    batches = Batches(graphs, positions, torch.zeros(len(graphs)), batch_size, torch.device("cpu"))
-    return predict_batches(model, batches).numpy()
+    return graphs
+
+
+def predict_structures(model: TransferModel, table: PropertyTable, batch_size: int = 256, cache: bool = True) -> np.ndarray:
+    """Predictions for every structure of ``table`` (targets ignored), in physical units."""
+    graphs = featurize(model, table, cache)
+    return model.predict_latent(model.embed(graphs, batch_size=batch_size)).cpu().numpy()

@@ -102,24 +102,21 @@ class EmbeddingBatches(Batches):
     head trains on it: same batches, same shuffles, same result, without an encoder pass per epoch.
     """
 
-    def __init__(self, batches: Batches, encoder: nn.Module, store_latent: Tensor | None = None) -> None:
+    def __init__(self, batches: Batches, encoder: nn.Module, store_latent: Tensor | None = None,
+                 encode_batch_size: int = 512) -> None:
         super().__init__(batches.store, batches.positions, batches.y, batches.batch_size, batches.device, batches.labels)
         # ``store_latent``: the same encoder's output for every graph of the store, computed once by a
         # caller that trains several heads on one frozen encoder (an ensemble); sliced, not recomputed.
-        self.latent = (store_latent[batches.positions].to(batches.device) if store_latent is not None
-                       else encode(encoder, batches.store, batches.positions, batches.device))
+        if store_latent is not None:
+            self.latent = store_latent[batches.positions].to(batches.device)
+            return
+        whole = Batches(batches.store, batches.positions, batches.y, encode_batch_size, batches.device)
+        encoder.eval()
+        with torch.no_grad():
+            self.latent = torch.cat([encoder(graphs) for graphs, _ in whole.epoch()])
 
     def inputs(self, chunk: Tensor) -> Tensor:
         return self.latent[chunk]
-
-
-@torch.no_grad()
-def encode(encoder: nn.Module, store: GraphStore, positions: Tensor, device: torch.device,
-           batch_size: int = 512) -> Tensor:
-    """The (frozen) encoder's latent vectors of the graphs at ``positions``, in that order."""
-    encoder.eval()
-    whole = Batches(store, positions, torch.zeros(len(positions)), batch_size, device)
-    return torch.cat([encoder(graphs) for graphs, _ in whole.epoch()]) if len(positions) else torch.empty(0)
 
 
 def fit(
@@ -134,11 +131,13 @@ def fit(
     history_csv: Path | None = None,
     progress: bool = True,
     description: str = "training",
+    target_scale: float = 1.0,
 ) -> FitResult:
     """Train ``model`` in place on standardised targets; on return it holds its best-validation weights.
 
     With ``train.labels`` and ``aux_weight`` > 0 the training loss adds ``aux_weight`` × the
     cross-entropy of the model's auxiliary head; validation (early stopping) stays on the target alone.
+    ``target_scale`` (the target's std) turns the history's MAE columns into the target's unit.
     A non-finite training or validation loss raises `TrainingDiverged`; a loss that explodes, or a best
     model no better than predicting the mean, is logged and listed in ``FitResult.warnings``.
     """
@@ -154,22 +153,25 @@ def fit(
     best = {"loss": math.inf, "epoch": -1, "state": copy.deepcopy(model.state_dict())}
     history: list[dict[str, float]] = []
     start = time.perf_counter()
+    lr_columns = {f"lr_{g.get('name', k)}": g for k, g in enumerate(optimizer.param_groups)}
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}")]
-    with Progress(*columns, disable=not progress, transient=True) as bar, _HistoryWriter(history_csv) as history_writer:
+    with Progress(*columns, disable=not progress, transient=True) as bar, _HistoryWriter(
+            history_csv, [*HISTORY_COLUMNS, *lr_columns]) as history_writer:
         task = bar.add_task(description, total=options.max_epochs, status="")
         for epoch in range(options.max_epochs):
             model.train()
-            train_loss = 0.0
+            train_loss = train_error = 0.0
             for batch, y, *labels in train.epoch(generator):
                 optimizer.zero_grad(set_to_none=True)
-                loss = training_loss(model, batch, y, loss_fn, aux_weight, *labels)
+                loss, prediction = training_loss(model, batch, y, loss_fn, aux_weight, *labels)
                 if not torch.isfinite(loss):  # before the step: the weights of the last finite epoch stay
                     raise TrainingDiverged(_diverged_message(description, epoch, "training", loss.item(), lrs))
                 loss.backward()
                 optimizer.step()
                 train_loss += loss.item() * len(y)
-            val_loss = evaluate_loss(model, val_batches, loss_fn)
+                train_error += (prediction.detach() - y).abs().sum()  # a tensor: no sync per step
+            val_loss, val_error = evaluate(model, val_batches, loss_fn)
             if not math.isfinite(val_loss):
                 raise TrainingDiverged(_diverged_message(description, epoch, "validation", val_loss, lrs))
             ratio = train_loss / len(train) / mean_loss["train"]
@@ -177,7 +179,12 @@ def fit(
                 warnings.append(_warn(f"{description}: the training loss of epoch {epoch} is {ratio:,.0f}x that of"
                                       f" predicting the mean: the learning rate ({lrs}) is probably"
                                       " too high."))
-            history.append({"epoch": epoch, "train_loss": train_loss / len(train), "val_loss": val_loss})
+            history.append({
+                "epoch": epoch, "train_loss": train_loss / len(train), "val_loss": val_loss,
+                "train_mae": float(train_error) / len(train) * target_scale, "val_mae": val_error * target_scale,
+                "elapsed_s": round(time.perf_counter() - start, 3),
+                **{name: group["lr"] for name, group in lr_columns.items()},
+            })
             history_writer.write(history[-1])
             if val_loss < best["loss"]:
                 best = {"loss": val_loss, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
@@ -214,13 +221,17 @@ def _warn(message: str) -> str:
     return message
 
 
-class _HistoryWriter:
-    """Per-epoch losses appended to a CSV as training goes, so a long run can be watched."""
+# Losses are on standardised targets (what early stopping compares); MAEs are in the target's unit.
+HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "train_mae", "val_mae", "elapsed_s"]
 
-    def __init__(self, path: Path | None) -> None:
+
+class _HistoryWriter:
+    """Per-epoch rows appended to a CSV as training goes, so a long run can be watched."""
+
+    def __init__(self, path: Path | None, columns: list[str]) -> None:
         self.handle = open(path, "w", newline="") if path else None
         if self.handle:
-            self.writer = csv.DictWriter(self.handle, fieldnames=["epoch", "train_loss", "val_loss"])
+            self.writer = csv.DictWriter(self.handle, fieldnames=columns)
             self.writer.writeheader()
 
     def write(self, row: dict[str, float]) -> None:
@@ -237,23 +248,31 @@ class _HistoryWriter:
 
 
 def training_loss(model: nn.Module, batch: GraphBatch, y: Tensor, loss_fn, aux_weight: float = 0.0,
-                  labels: Tensor | None = None) -> Tensor:
-    """The regression loss, plus ``aux_weight`` × cross-entropy of the auxiliary head on ``labels``.
+                  labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The regression loss, plus ``aux_weight`` × cross-entropy of the auxiliary head on ``labels``;
+    and the regression prediction (for the epoch's MAE).
 
     ``aux_weight == 0`` skips the auxiliary head altogether: exactly plain training.
     """
     if labels is None or aux_weight == 0:
-        return loss_fn(model(batch), y)
+        prediction = model(batch)
+        return loss_fn(prediction, y), prediction
     prediction, logits = model.forward_with_aux(batch)
     labelled = labels >= 0  # spglib can fail on a structure; it then has no label
     loss = loss_fn(prediction, y)
     if labelled.any():
         loss = loss + aux_weight * nn.functional.cross_entropy(logits[labelled], labels[labelled])
-    return loss
+    return loss, prediction
 
 
 @torch.no_grad()
-def evaluate_loss(model: nn.Module, batches: list[tuple[GraphBatch, Tensor]], loss_fn) -> float:
+def evaluate(model: nn.Module, batches: list[tuple[GraphBatch, Tensor]], loss_fn) -> tuple[float, float]:
+    """Mean loss and mean absolute error (standardised units) over ``batches``."""
     model.eval()
-    total = sum(loss_fn(model(b), y, reduction="sum").item() for b, y in batches)
-    return total / sum(len(y) for _, y in batches)
+    loss = error = 0.0
+    for b, y in batches:
+        prediction = model(b)
+        loss += loss_fn(prediction, y, reduction="sum").item()
+        error += (prediction - y).abs().sum().item()
+    n = sum(len(y) for _, y in batches)
+    return loss / n, error / n

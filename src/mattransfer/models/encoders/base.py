@@ -11,11 +11,15 @@ from typing import Callable, ClassVar
 
 from pydantic import BaseModel
 from torch import Tensor, nn
+from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
 
 from mattransfer.errors import DataError
 from mattransfer.graphs.store import GraphStore
 
 ENCODERS: dict[str, type[Encoder]] = {}
+
+# Atom features → one vector per crystal.
+POOLING = {"mean": global_mean_pool, "sum": global_add_pool, "max": global_max_pool}
 
 
 class Encoder(nn.Module):
@@ -23,9 +27,14 @@ class Encoder(nn.Module):
     embedding: nn.Embedding
     layers: nn.ModuleList
     out_dim: int
+    pooling: str  # a POOLING key: how `forward` turns atom features into the crystal's vector
 
-    def forward(self, batch) -> Tensor:  # (num_graphs, out_dim)
+    def atom_features(self, batch) -> Tensor:  # (num_atoms, out_dim)
         raise NotImplementedError
+
+    def forward(self, batch, pooling: str | None = None) -> Tensor:  # (num_graphs, out_dim)
+        """The crystal's latent vector; ``pooling`` overrides the encoder's own (for embeddings only)."""
+        return POOLING[pooling or self.pooling](self.atom_features(batch), batch.batch, size=batch.num_graphs)
 
     def check_elements(self, store: GraphStore) -> None:
         """Every atomic number in ``store`` must have a row in the embedding table."""

@@ -8,14 +8,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
-from torch_geometric.nn import CGConv, global_add_pool, global_max_pool, global_mean_pool
+from torch_geometric.nn import CGConv
 from torch_geometric.nn.models.schnet import GaussianSmearing
 
 from mattransfer.graphs.build import GraphSettings
 from mattransfer.graphs.store import GraphBatch
 from mattransfer.models.encoders.base import Encoder, register_encoder
-
-POOLING = {"mean": global_mean_pool, "sum": global_add_pool, "max": global_max_pool}
 
 
 class FactorizedCGConv(CGConv):
@@ -65,12 +63,12 @@ class CGCNN(Encoder):
             FactorizedCGConv(config.hidden, dim=config.n_gaussians, batch_norm=config.batch_norm)
             for _ in range(config.n_layers)
         )
-        self.pool = POOLING[config.pooling]
+        self.pooling = config.pooling
         self.out_dim = config.hidden
 
-    def forward(self, batch: GraphBatch) -> Tensor:
+    def atom_features(self, batch: GraphBatch) -> Tensor:
         x = self.embedding(batch.z)
         edge_attr = self.expansion(batch.distance)
         for conv in self.layers:
             x = F.softplus(conv(x, batch.edge_index, edge_attr))
-        return self.pool(x, batch.batch, size=batch.num_graphs)
+        return x
