@@ -174,6 +174,17 @@ def test_identical_members_pick_nothing(tmp_path, pretrained_ckpt, user_files):
     assert json.loads((tmp_path / "run" / "selection.json").read_text())["stop"] is True
 
 
+def test_python_api_select_takes_a_dict(tmp_path, pretrained_ckpt, user_files):
+    import mattransfer
+
+    labelled, pool, ids = user_files
+    options = yaml.safe_load(_options(tmp_path, pretrained_ckpt, labelled, pool, max_pick=4).read_text())
+    picks = mattransfer.select(options)
+    assert len(picks) == 4 and set(picks["id"]) <= set(ids[30:85])
+    with pytest.raises(ConfigError, match="'max_pik'"):
+        mattransfer.select({**options, "max_pik": 4})
+
+
 def test_select_cli_prints_the_picks(tmp_path, pretrained_ckpt, user_files, capsys):
     labelled, pool, _ = user_files
     assert main(["-q", "select", str(_options(tmp_path, pretrained_ckpt, labelled, pool, max_pick=3))]) == 0

@@ -6,9 +6,10 @@
     model.predict(structures)           # pymatgen Structures, ASE Atoms or file paths → numpy array
     model.embed(structures)             # (n, d) latent vectors
     summary = mattransfer.train("options.yaml")   # or a dict of options
+    picks = mattransfer.select("select.yaml")     # the structures to label next
 """
 
-__all__ = ["Model", "__version__", "load", "train"]
+__all__ = ["Model", "__version__", "load", "select", "train"]
 
 
 def __getattr__(name: str):
@@ -19,7 +20,7 @@ def __getattr__(name: str):
             return version("mattransfer")
         except PackageNotFoundError:  # a source tree that is not installed
             return "0+unknown"
-    if name in ("Model", "load", "train"):
+    if name in ("Model", "load", "select", "train"):
         from mattransfer import api
 
         return getattr(api, name)

@@ -5,6 +5,7 @@
     model.predict([structure, atoms, "my.cif"])     # numpy array in the target's unit
     model.embed(structures, pooling="mean")        # (n, d) latent vectors
     mattransfer.train({"data": {...}, ...})        # or a path to an options YAML → the run's summary
+    mattransfer.select("select.yaml")              # or a dict: the structures to label next (DataFrame)
 
 Structures are pymatgen ``Structure``s, ASE ``Atoms`` or paths of CIF / POSCAR / (ext)xyz files
 (every frame of a multi-frame file is one structure).
@@ -43,6 +44,17 @@ def train(options: dict[str, Any] | str | Path, progress: bool = False) -> dict:
 
     config = config_from_dict(options, "options") if isinstance(options, dict) else load_config(Path(options))
     return run(config, progress=progress)
+
+
+def select(options: dict[str, Any] | str | Path) -> pd.DataFrame:
+    """Choose what to label next, as ``mattransfer select`` does, from an options dict or YAML path; returns
+    the picks (id, formula, deviation, mean prediction) and writes the run directory."""
+    from mattransfer.config import config_from_dict
+    from mattransfer.selection import SelectConfig, load_select_config, select as select_step
+
+    config = (config_from_dict(options, "options", SelectConfig) if isinstance(options, dict)
+              else load_select_config(Path(options)))
+    return select_step(config)
 
 
 def as_table(structures: StructureLike | Iterable[StructureLike]) -> PropertyTable:
