@@ -15,7 +15,7 @@ How to run (by hand, not a test; about 5 minutes on the 2-core development machi
     . .venv/bin/activate
     python bench/threads.py --data-sources configs/shared-data.yaml
 
-It writes ``bench/results/threads.json``.
+It writes ``bench/results/threads_idle_machine.json`` (or ``--out``).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from mattransfer.threads import available_cores, default_threads, load_average
 from mattransfer.training.run import Dataset, train_and_test
 from mattransfer.training.trainer import TrainingOptions
 
-RESULTS = Path(__file__).parent / "results" / "threads.json"
+RESULTS = Path(__file__).parent / "results" / "threads_idle_machine.json"
 
 
 def spin() -> None:  # a busy process: one core's worth of load
@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--busy", type=int, default=2, help="spinning processes in the loaded case")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"result JSON (default: {RESULTS.name})")
     args = parser.parse_args()
 
     table = DataSources.from_yaml(args.data_sources).load("phonons")
@@ -111,9 +112,9 @@ def main() -> None:
     report = {"command": shlex.join(["python", *sys.argv]), "summary": summary, "runs": runs,
               "machine": {"platform": platform.platform(), "cores_available": available_cores(),
                           "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2))
-    print(f"wrote {RESULTS}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
