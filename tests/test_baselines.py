@@ -1,0 +1,88 @@
+"""Feature baselines: features cached by content, no test id in training, the CLI's CSV, and trees
+that beat a constant on features that determine the target."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mattransfer.cli import main
+from mattransfer.data.splits import make_split
+from mattransfer.errors import LeakError
+from mattransfer.featurizers import features as features_module
+from mattransfer.featurizers import cached_features
+from mattransfer.training import baselines
+
+
+@pytest.fixture
+def featurize_calls(monkeypatch) -> list[int]:
+    """Counts the structures each real featurization gets (cache reads do not featurize)."""
+    calls: list[int] = []
+    real = features_module.featurize
+
+    def spy(structures, *args, **kwargs):
+        calls.append(len(structures))
+        return real(structures, *args, **kwargs)
+
+    monkeypatch.setattr(features_module, "featurize", spy)
+    return calls
+
+
+def test_features_are_cached_by_content_and_reused(demo_energy, featurize_calls):
+    structures = [demo_energy.structures[k] for k in range(12)]
+    first = cached_features(structures, progress=False)
+    second = cached_features(structures, progress=False)
+    assert featurize_calls == [12]  # the second call read the cache
+    pd.testing.assert_frame_equal(first, second)
+    assert first.shape[0] == 12 and not first.isna().all(axis=None)
+    cached_features(structures[:11], progress=False)  # other content: featurized again
+    assert featurize_calls == [12, 11]
+
+
+def test_baselines_train_on_the_fine_tune_subset_never_on_test_ids(demo_volume, featurize_calls, monkeypatch):
+    used: dict[int, list[str]] = {}
+    real = baselines._training_ids
+    monkeypatch.setattr(baselines, "_training_ids", lambda split: used.setdefault(len(used), real(split)))
+    results, stats = baselines.run_baselines(demo_volume, 40, [0, 1], ["hist_gb"], progress=False)
+    for seed, ids in used.items():
+        split = make_split(demo_volume.ids, 40, seed)
+        assert sorted(ids) == sorted(split.train + split.val) and not set(ids) & set(split.test)
+    assert list(results.n_train) == [40, 40] and set(results.n_test) == {len(split.test)}
+    assert not stats["cached"]
+    _, again = baselines.run_baselines(demo_volume, 40, [1, 0], ["hist_gb"], progress=False)
+    assert again["cached"] and len(featurize_calls) == 1  # same rows whatever the seeds' order
+
+    monkeypatch.setattr(baselines, "_training_ids", lambda split: [*real(split), split.test[0]])
+    with pytest.raises(LeakError):
+        baselines.run_baselines(demo_volume, 40, [0], ["hist_gb"], progress=False)
+
+
+@pytest.mark.parametrize("model", baselines.MODELS)
+def test_baseline_beats_a_constant_on_features_that_determine_the_target(model):
+    rng = np.random.default_rng(0)
+    features = pd.DataFrame(rng.uniform(size=(300, 4)))
+    features.iloc[::17, 3] = np.nan  # a failed featurizer's NaNs are imputed, not fatal
+    y = 3 * features[0].to_numpy() + np.sin(6 * features[1].to_numpy())
+    train, test = np.arange(200), np.arange(200, 300)
+    scores = baselines.fit_and_score(features, y, train, test, model, seed=0)
+    constant = np.mean(np.abs(y[test] - y[train].mean()))
+    assert scores["mae"] < 0.3 * constant and scores["n"] == 100
+
+
+def test_cli_writes_one_row_per_model_and_seed(tmp_path, capsys):
+    out = tmp_path / "baselines.csv"
+    assert main(["-q", "baseline", "--data", "demo_volume", "--n", "30", "--seeds", "0", "1",
+                 "--models", "extra_trees", "hist_gb", "-o", str(out)]) == 0
+    rows = pd.read_csv(out)
+    assert sorted(zip(rows.model, rows.seed)) == [("extra_trees", 0), ("extra_trees", 1), ("hist_gb", 0), ("hist_gb", 1)]
+    printed = capsys.readouterr().out
+    assert "extra_trees" in printed and "±" in printed and "structures" in printed
+
+
+@pytest.mark.parametrize("argv, named", [(["--data", "no_such_key", "--n", "10"], "no_such_key"),
+                                          (["--data", "demo_volume", "--n", "100000"], "100000")])
+def test_cli_bad_input_is_one_line(argv, named, capsys):
+    assert main(["-q", "baseline", *argv]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error:") and named in error and "\n" not in error
