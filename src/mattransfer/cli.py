@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                     " each seed draws (its train and val ids), and score them on the dataset's fixed test set.")
     baseline.add_argument("--data", required=True, help="a dataset key (see `mattransfer datasets`)")
     baseline.add_argument("--n", required=True, type=_positive_int, help="labelled samples, as a fine-tune's n_samples")
-    baseline.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="subset seeds (default: 0 1 2)")
+    baseline.add_argument("--seeds", type=_non_negative_int, nargs="+", default=[0, 1, 2], help="subset seeds (default: 0 1 2)")
     baseline.add_argument("--models", nargs="+", choices=["extra_trees", "hist_gb"], default=["extra_trees", "hist_gb"],
                           help="models to fit (default: both): extra_trees (500 trees), hist_gb")
     baseline.add_argument("--data-sources", type=Path, help="data-sources YAML (default: $MATTRANSFER_DATA_SOURCES)")
@@ -174,6 +174,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:  # numpy's generators refuse negative seeds with a traceback
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
     return value
 
 
