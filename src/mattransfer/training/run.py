@@ -292,7 +292,7 @@ def _with_pretrained_architecture(config: TrainConfig, pretrained: TransferModel
 
 def check_test_overlap(model: TransferModel, table: PropertyTable, split: Split, *, allow: bool) -> dict:
     """How many of this run's test structures ``model`` saw in its earlier trainings; a `LeakError` when
-    any did, unless ``allow`` (then a warning). The count is returned for the run's metrics either way."""
+    any did, unless ``allow`` (then only logged). The count is returned for the run's metrics either way."""
     overlap = test_overlap(model.training_data, table, split.test)
     if overlap["same_structure"]:
         message = (f"{overlap['same_structure']} of the {overlap['n_test']} test structures of {table.name} were in"
