@@ -1,4 +1,4 @@
-"""``mattransfer`` command line: train, eval, predict, datasets, demo, study, select, report."""
+"""``mattransfer`` command line: train, eval, predict, datasets, demo, study, select, rank-sources, report."""
 
 from __future__ import annotations
 
