@@ -1,11 +1,19 @@
 #!/bin/bash
 # Runs rank-sources on three targets at n 800 and writes the exact commands and their output.
-# Sources: for KEY in eform bandgap gvrh, `mattransfer --threads 1 train` on configs/pretrain_eform.yaml with
+# Sources (trained first where missing): for KEY in eform bandgap gvrh, `mattransfer --threads 1 train` on configs/pretrain_eform.yaml with
 #   data: {dataset: KEY, n_samples: 941}, training: {max_epochs: 30} and output_dir runs/src_KEY (see bench/README.md).
 # PYTHON=/path/to/python overrides the interpreter (default .venv/bin/python).
 cd "$(dirname "$0")/.."
 export COLUMNS=200 PYTHONPATH="$PWD/src" OMP_NUM_THREADS=1
 out=bench/results/rank_sources.txt
+for key in eform bandgap gvrh; do  # the three 30-epoch sources, trained once
+  [ -f runs/src_$key/model.ckpt ] && continue
+  mkdir -p runs
+  ${PYTHON:-.venv/bin/python} -c "import yaml; o = yaml.safe_load(open('configs/pretrain_eform.yaml'));
+o.update(output_dir='runs/src_$key'); o['data'].update(dataset='$key', n_samples=941); o['training']['max_epochs'] = 30
+yaml.safe_dump(o, open('runs/src_$key.yaml', 'w'))"
+  ${PYTHON:-.venv/bin/python} -m mattransfer.cli --threads 1 -q train runs/src_$key.yaml
+done
 {
 echo "# mattransfer rank-sources on the shared data: 3 targets x 3 sources, n 800, seed 0"
 echo "# date: $(date -u +%FT%TZ); host: 2-core CPU shared with another developer; 1 torch thread"
