@@ -1,4 +1,4 @@
-"""``mattransfer`` command line: train, eval, predict, datasets, demo, study, select, report, baseline."""
+"""``mattransfer`` command line: train, eval, predict, datasets, demo, study, select, rank-sources, report, baseline."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # reports state the command that made them
     _setup_logging(args.quiet)
     # Commands that run a model get the measured default; listing datasets or the cache never loads torch.
-    if args.command in ("train", "eval", "predict", "demo") or (args.threads and args.command == "study"):
+    if args.command in ("train", "eval", "predict", "demo", "rank-sources") or (args.threads and args.command == "study"):
         from mattransfer.threads import set_threads
 
         set_threads(args.threads)
@@ -135,15 +135,29 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument("--report-dir", type=Path, help="where simulate writes its report (default: OUT/report)")
     select.set_defaults(handler=_select)
 
+    rank = commands.add_parser(
+        "rank-sources", help="rank pre-trained checkpoints for a target by LogME, before any fine-tuning",
+        description="Score each source checkpoint's frozen encoder features on the target's fine-tune subset"
+                    " (the train + val ids a fine-tune with --n and --seed would use; never the test ids) by"
+                    " LogME (You et al., ICML 2021) and print them best first. Seconds, not a grid of trainings.")
+    rank.add_argument("--target", required=True, help="a dataset key (see `mattransfer datasets`) or a data file")
+    rank.add_argument("--column", help="target column / atoms.info key (data files only)")
+    rank.add_argument("--n", type=_positive_int, required=True, help="fine-tune subset size (train + val samples)")
+    rank.add_argument("--sources", type=Path, nargs="+", required=True, metavar="CKPT",
+                      help="model.ckpt files of pre-trained runs to rank")
+    rank.add_argument("--seed", type=int, default=0, help="seed of the fine-tune subset (default: 0)")
+    rank.add_argument("--data-sources", type=Path, help="data-sources YAML (default: $MATTRANSFER_DATA_SOURCES)")
+    rank.set_defaults(handler=_rank_sources)
+
     report = commands.add_parser("report", help="write the study's Markdown/HTML report with figures")
     report.add_argument("study_dir", type=Path, help="the study directory given to `study run --out`")
     report.set_defaults(handler=_report)
 
-    baseline = commands.add_parser(
-        "baseline", help="feature baselines (no transfer): trees on matminer features, fine-tune subsets, fixed test set",
-        description="Fit ExtraTrees / HistGradientBoosting on hand-made features (Magpie, Stoichiometry,"
-                    " ValenceOrbital, density, nearest-neighbour distances) of the n samples a fine-tune of"
-                    " each seed draws (its train and val ids), and score them on the dataset's fixed test set.")
+    baseline_help = ("Fit ExtraTrees / HistGradientBoosting on hand-made features (Magpie, Stoichiometry,"
+                     " ValenceOrbital, density, nearest-neighbour distances) of the n samples a fine-tune of"
+                     " each seed draws (its train and val ids), and score them on the dataset's fixed test set.")
+    baseline = commands.add_parser("baseline", description=baseline_help, help="feature baselines (no transfer):"
+                                   " trees on matminer features, fine-tune subsets, fixed test set")
     baseline.add_argument("--data", required=True, help="a dataset key (see `mattransfer datasets`)")
     baseline.add_argument("--n", required=True, type=_positive_int, help="labelled samples, as a fine-tune's n_samples")
     baseline.add_argument("--seeds", type=_non_negative_int, nargs="+", default=[0, 1, 2], help="subset seeds (default: 0 1 2)")
@@ -289,6 +303,32 @@ def _data_config(args: argparse.Namespace, model):
     target = args.target or model.target.get("name")
     unit = model.target.get("unit", "") if args.unit is None else args.unit
     return DataConfig(read_from=Path(args.data), target=target, unit=unit)
+
+
+def _rank_sources(args: argparse.Namespace) -> None:
+    import time
+
+    from pydantic import ValidationError
+    from rich.table import Table
+
+    from mattransfer.config import DataConfig
+    from mattransfer.data.registry import REGISTRY
+    from mattransfer.errors import ConfigError
+    from mattransfer.training.transferability import rank_sources
+
+    start = time.perf_counter()
+    try:
+        data = (DataConfig(dataset=args.target, n_samples=args.n) if args.target in REGISTRY
+                else DataConfig(read_from=Path(args.target), target=args.column, n_samples=args.n))
+    except ValidationError as exc:  # e.g. a data file without --column
+        raise ConfigError(f"--target {args.target}: {exc.errors()[0]['msg']}") from exc
+    scores = rank_sources(data, _sources(args.data_sources), args.sources, seed=args.seed)
+    table = Table("rank", "source checkpoint", "pre-trained on", "LogME", "seconds",
+                  title=f"{args.target}, n={args.n}, seed {args.seed}: LogME of frozen encoder features (higher first)")
+    for rank, score in enumerate(scores, 1):
+        table.add_row(str(rank), str(score.checkpoint), score.pretrained_on, f"{score.logme:.4f}", f"{score.seconds:.1f}")
+    _console().print(table)
+    print(f"total {time.perf_counter() - start:.1f} s (data, graphs, embeddings and scores)")
 
 
 def _predict(args: argparse.Namespace) -> None:

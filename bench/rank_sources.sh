@@ -1,0 +1,28 @@
+#!/bin/bash
+# Runs rank-sources on three targets at n 800 and writes the exact commands and their output.
+# Sources (trained first where missing): for KEY in eform bandgap gvrh, `mattransfer --threads 1 train` on configs/pretrain_eform.yaml with
+#   data: {dataset: KEY, n_samples: 941}, training: {max_epochs: 30} and output_dir runs/src_KEY (see bench/README.md).
+# PYTHON=/path/to/python overrides the interpreter (default .venv/bin/python).
+cd "$(dirname "$0")/.."
+export COLUMNS=200 PYTHONPATH="$PWD/src" OMP_NUM_THREADS=1
+out=bench/results/rank_sources.txt
+for key in eform bandgap gvrh; do  # the three 30-epoch sources, trained once
+  [ -f runs/src_$key/model.ckpt ] && continue
+  mkdir -p runs
+  ${PYTHON:-.venv/bin/python} -c "import yaml; o = yaml.safe_load(open('configs/pretrain_eform.yaml'));
+o.update(output_dir='runs/src_$key'); o['data'].update(dataset='$key', n_samples=941); o['training']['max_epochs'] = 30
+yaml.safe_dump(o, open('runs/src_$key.yaml', 'w'))"
+  ${PYTHON:-.venv/bin/python} -m mattransfer.cli --threads 1 -q train runs/src_$key.yaml
+done
+{
+echo "# mattransfer rank-sources on the shared data: 3 targets x 3 sources, n 800, seed 0"
+echo "# date: $(date -u +%FT%TZ); host: 2-core CPU shared with another developer; 1 torch thread"
+echo "# sources: runs/src_{eform,bandgap,gvrh}/model.ckpt from mattransfer --threads 1 train runs/src_KEY.yaml"
+echo "#   (configs/pretrain_eform.yaml with dataset KEY, n_samples 941, max_epochs 30, output_dir runs/src_KEY)"
+for pass in "pass 1" "pass 2 (same command again)"; do
+for t in phonons dielectric expt_gap; do
+  cmd="mattransfer --threads 1 rank-sources --target $t --n 800 --data-sources configs/shared-data.yaml --sources runs/src_eform/model.ckpt runs/src_bandgap/model.ckpt runs/src_gvrh/model.ckpt"
+  echo; echo "## $t, $pass"; echo "\$ $cmd"
+  /usr/bin/time -f "wall %e s, max RSS %M kB" ${PYTHON:-.venv/bin/python} -m mattransfer.cli ${cmd#mattransfer } 2>&1 | grep -v "^INFO *\(train\|data\|reading\)"
+done; done
+} > $out 2>&1

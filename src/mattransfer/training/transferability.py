@@ -1,0 +1,105 @@
+"""Transferability: score pre-trained sources on a target before any fine-tuning.
+
+`logme` is the LogME score of You et al. (ICML 2021, "LogME: Practical Assessment of Pre-trained
+Models for Transfer Learning"); `rank_sources` computes it for each source checkpoint's frozen
+encoder features on a target's fine-tune subset (train + val ids of `make_split`, never the test ids).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from mattransfer.config import DataConfig
+from mattransfer.data.registry import DataSources
+from mattransfer.data.table import PropertyTable
+from mattransfer.errors import DataError
+from mattransfer.models.model import TransferModel
+from mattransfer.training.run import featurize, prepare_table
+
+
+def logme(features: np.ndarray, y: np.ndarray, max_iter: int = 100, tol: float = 1e-6) -> float:
+    """LogME: the maximised log marginal evidence per sample of Bayesian linear regression of ``y`` on ``features``.
+
+    Model: ``w ~ N(0, α⁻¹ I_d)``, ``y | F, w ~ N(F w, β⁻¹ I_n)``, with F (n, d) and y standardised to mean 0,
+    std 1 (so scores of different targets are on one scale). The evidence is
+
+        log p(y | α, β) = n/2 log β + d/2 log α − n/2 log 2π − β/2 ‖F m − y‖² − α/2 ‖m‖² − 1/2 log |A|,
+        A = α I + β FᵀF,  m = β A⁻¹ Fᵀ y.
+
+    α and β are maximised by the paper's fixed point, with γ = Σᵢ βσᵢ / (α + βσᵢ) (σᵢ the eigenvalues of FᵀF):
+    α ← γ / ‖m‖², β ← (n − γ) / ‖F m − y‖². With the SVD F = U S Vᵀ and z = Uᵀ y every quantity is a
+    sum over the singular values, so an iteration costs O(min(n, d)) after one SVD. Returns the evidence / n.
+    Higher is better; it is comparable between feature sets on the same target, not across targets' sizes.
+    """
+    F = np.asarray(features, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if F.ndim != 2 or F.shape[0] != y.shape[0]:
+        raise DataError(f"logme: features {F.shape} and targets {y.shape} do not match (need (n, d) and (n,)).")
+    n, d = F.shape
+    if n < 2 or not np.isfinite(F).all() or not np.isfinite(y).all():
+        raise DataError(f"logme: need at least 2 samples and finite values (got n={n}).")
+    std = y.std()
+    y = (y - y.mean()) / (std if std > 0 else 1.0)
+    u, s, _ = np.linalg.svd(F, full_matrices=False)
+    sigma = s**2  # eigenvalues of FᵀF (the rest, d − k of them, are 0)
+    z = u.T @ y
+    z2 = z**2
+    outside = max(float(y @ y - z2.sum()), 0.0)  # ‖y‖² outside F's column space: a residual whatever w is
+    alpha, beta = 1.0, 1.0
+    for _ in range(max_iter):
+        denom = alpha + beta * sigma
+        gamma = float((beta * sigma / denom).sum())
+        m2 = float((beta**2 * sigma * z2 / denom**2).sum())  # ‖m‖², m = V diag(βsᵢ/(α+βσᵢ)) z
+        res2 = float((alpha**2 * z2 / denom**2).sum()) + outside  # ‖F m − y‖²
+        new_alpha = gamma / max(m2, 1e-300)
+        new_beta = (n - gamma) / max(res2, 1e-300)
+        # Converged when the ratio α/β (the effective ridge penalty) stops moving, as in the paper.
+        done = abs(new_alpha / new_beta - alpha / beta) <= tol * (alpha / beta)
+        alpha, beta = new_alpha, new_beta
+        if done:
+            break
+    return evidence(sigma, z2, outside, n, d, alpha, beta) / n
+
+
+def evidence(sigma: np.ndarray, z2: np.ndarray, outside: float, n: int, d: int, alpha: float, beta: float) -> float:
+    """The log evidence above at (α, β), from FᵀF's non-zero eigenvalues ``sigma`` and ``z2`` = (Uᵀy)²."""
+    denom = alpha + beta * sigma
+    m2 = float((beta**2 * sigma * z2 / denom**2).sum())
+    res2 = float((alpha**2 * z2 / denom**2).sum()) + outside
+    log_det = float(np.log(denom).sum()) + (d - len(sigma)) * math.log(alpha)
+    return (n / 2 * math.log(beta) + d / 2 * math.log(alpha) - n / 2 * math.log(2 * math.pi)
+            - beta / 2 * res2 - alpha / 2 * m2 - log_det / 2)
+
+
+@dataclass(frozen=True)
+class SourceScore:
+    checkpoint: Path
+    pretrained_on: str  # the dataset of the checkpoint's first training (its pre-training)
+    logme: float
+    seconds: float  # graphs + embedding + score, for this source
+
+
+def finetune_subset(data: DataConfig, sources: DataSources, seed: int) -> PropertyTable:
+    """The rows a fine-tune on ``data`` with ``seed`` would train and validate on; the test ids are left out."""
+    table, split = prepare_table(data, sources, seed)
+    return table.subset([*split.train, *split.val])
+
+
+def rank_sources(data: DataConfig, sources: DataSources, checkpoints: Sequence[Path], seed: int = 0) -> list[SourceScore]:
+    """LogME of each checkpoint's frozen encoder features (its own pooling) on the target's fine-tune subset, best first."""
+    models = [TransferModel.load(Path(path)) for path in checkpoints]  # a bad path fails before any data is read
+    subset = finetune_subset(data, sources, seed)
+    scores = []
+    for path, model in zip(checkpoints, models):
+        start = time.perf_counter()
+        latent = model.embed(featurize(model, subset)).cpu().numpy()
+        score = logme(latent, subset.y)
+        origin = model.training_data[0]["dataset"] if model.training_data else "?"
+        scores.append(SourceScore(Path(path), origin, score, time.perf_counter() - start))
+    return sorted(scores, key=lambda s: s.logme, reverse=True)
