@@ -105,11 +105,10 @@ def prepare_table(data: DataConfig, sources: DataSources, seed: int) -> tuple[Pr
 
 def _refuse_training_structures(other: PropertyTable, train: PropertyTable) -> None:
     """A test or validation file must not hold a training structure (the same `structure_key`)."""
-    training = dict(zip(train.identities()["structure"], train.ids))
-    shared = [(i, training[key]) for i, key in zip(other.ids, other.identities()["structure"]) if key in training]
-    if shared:
-        raise LeakError(f"{other.source}: {len(shared)} structures are also training samples of {train.source}"
-                        f" (e.g. {shared[0][0]!r} = {shared[0][1]!r}); remove them from one of the two.")
+    shared = test_overlap([train.identities()], other, other.ids)
+    if shared["same_structure"]:
+        raise LeakError(f"{other.source}: {shared['same_structure']} structures are also training samples of"
+                        f" {train.source} (e.g. {shared['examples'][:3]}); remove them from one of the two.")
 
 
 @dataclass
