@@ -20,7 +20,8 @@ from mattransfer.data.registry import DataSources
 from mattransfer.data.splits import Split, make_split
 from mattransfer.data.table import PropertyTable
 from mattransfer.finetune import METHODS, param_groups
-from mattransfer.graphs.build import GraphSettings, cached_graphs
+from mattransfer.graphs.build import GraphSettings, RadiusGraph
+from mattransfer.graphs.inputs import cached_inputs
 from mattransfer.models.model import TransferModel
 from mattransfer.training.run import Dataset, run, train_and_test
 from mattransfer.training.trainer import TrainingOptions
@@ -74,7 +75,7 @@ def demo_volume(demo_energy: PropertyTable) -> PropertyTable:
 
 @pytest.fixture(scope="session")
 def volume_data(demo_volume: PropertyTable, graph_settings: GraphSettings) -> Dataset:
-    return Dataset(demo_volume, cached_graphs(demo_volume, graph_settings, progress=False))
+    return Dataset(demo_volume, cached_inputs(demo_volume, RadiusGraph(graph_settings), progress=False))
 
 
 @pytest.fixture(scope="session")

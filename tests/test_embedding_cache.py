@@ -19,8 +19,8 @@ def test_cached_embeddings_match_the_unfused_path(pretrained, volume_data, volum
     options = TrainingOptions(max_epochs=8, patience=100, batch_size=16, lr=3e-3)
 
     def subsets() -> tuple[Batches, Batches]:
-        positions = [volume_data.graphs.positions(ids) for ids in (volume_split.train, volume_split.val)]
-        return tuple(Batches(volume_data.graphs, p, y_std[p], options.batch_size, torch.device("cpu")) for p in positions)
+        positions = [volume_data.inputs.positions(ids) for ids in (volume_split.train, volume_split.val)]
+        return tuple(Batches(volume_data.inputs, p, y_std[p], options.batch_size, torch.device("cpu")) for p in positions)
 
     train, val = subsets()
     unfused = fit(model, train, val, param_groups(model, None, options.lr), options, seed=3, progress=False)

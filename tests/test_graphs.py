@@ -10,7 +10,8 @@ import torch
 
 from mattransfer.data.table import PropertyTable
 from mattransfer.graphs import build as build_module
-from mattransfer.graphs.build import GraphSettings, build_graphs, cached_graphs, neighbor_graph
+from mattransfer.graphs.build import GraphSettings, RadiusGraph, build_graphs, neighbor_graph
+from mattransfer.graphs.inputs import cached_inputs
 from mattransfer.graphs.store import GraphStore
 
 from conftest import fcc
@@ -27,7 +28,7 @@ def _assert_stores_equal(a: GraphStore, b: GraphStore) -> None:
 
 
 def test_at_most_max_neighbors_within_cutoff(demo_energy, graph_settings):
-    store = cached_graphs(demo_energy, graph_settings, progress=False)
+    store = cached_inputs(demo_energy, RadiusGraph(graph_settings), progress=False)
     k, cutoff = graph_settings.max_neighbors, graph_settings.cutoff
     assert store.distance.numel() > 0
     assert float(store.distance.max()) <= cutoff + 1e-5
@@ -56,7 +57,7 @@ def test_kept_neighbours_are_the_nearest():
 
 
 def test_batch_equals_concatenated_neighbor_graphs(demo_energy, graph_settings):
-    store = cached_graphs(demo_energy, graph_settings, progress=False)
+    store = cached_inputs(demo_energy, RadiusGraph(graph_settings), progress=False)
     index = torch.tensor([5, 0, 17, 3, 5])  # out of order, with a repeat
     batch = store.batch(index)
 
@@ -82,7 +83,7 @@ def test_batch_equals_concatenated_neighbor_graphs(demo_energy, graph_settings):
 
 
 def test_positions_of_unknown_ids_name_them(demo_energy, graph_settings):
-    store = cached_graphs(demo_energy, graph_settings, progress=False)
+    store = cached_inputs(demo_energy, RadiusGraph(graph_settings), progress=False)
     assert store.positions([demo_energy.ids[3], demo_energy.ids[0]]).tolist() == [3, 0]
     with pytest.raises(KeyError, match="no-such-id"):
         store.positions([demo_energy.ids[0], "no-such-id"])
@@ -100,7 +101,7 @@ def test_cache_reused_and_rebuilt_when_inputs_change(demo_energy, tmp_path, monk
 
     monkeypatch.setattr(build_module, "build_graphs", counting_build)
     settings = GraphSettings(cutoff=5.0, max_neighbors=8)
-    first = cached_graphs(table, settings, progress=False)
+    first = cached_inputs(table, RadiusGraph(settings), progress=False)
     assert len(builds) == 1
     assert len(list((tmp_path / "graphs").glob("*.pt"))) == 1
 
@@ -108,13 +109,13 @@ def test_cache_reused_and_rebuilt_when_inputs_change(demo_energy, tmp_path, monk
         raise AssertionError("graphs rebuilt although the cache holds them")
 
     monkeypatch.setattr(build_module, "build_graphs", must_not_build)
-    _assert_stores_equal(cached_graphs(table, settings, progress=False), first)
+    _assert_stores_equal(cached_inputs(table, RadiusGraph(settings), progress=False), first)
     # Another property of the same structures (eform and bandgap) shares the file.
-    _assert_stores_equal(cached_graphs(dataclasses.replace(table, name="other", y=table.y * 2), settings, progress=False), first)
+    _assert_stores_equal(cached_inputs(dataclasses.replace(table, name="other", y=table.y * 2), RadiusGraph(settings), progress=False), first)
 
     monkeypatch.setattr(build_module, "build_graphs", counting_build)
-    wider = cached_graphs(table, GraphSettings(cutoff=6.0, max_neighbors=64), progress=False)
-    fewer = cached_graphs(table, GraphSettings(cutoff=5.0, max_neighbors=4), progress=False)
+    wider = cached_inputs(table, RadiusGraph(GraphSettings(cutoff=6.0, max_neighbors=64)), progress=False)
+    fewer = cached_inputs(table, RadiusGraph(GraphSettings(cutoff=5.0, max_neighbors=4)), progress=False)
     assert len(builds) == 3
     assert wider.distance.max() > 5.0
     assert fewer.edge_index.shape[1] < first.edge_index.shape[1]
@@ -124,7 +125,7 @@ def test_cache_reused_and_rebuilt_when_inputs_change(demo_energy, tmp_path, monk
     moved.structures = list(moved.structures)
     moved.structures[0] = moved.structures[0].copy()
     moved.structures[0].scale_lattice(moved.structures[0].volume * 1.1)
-    rebuilt = cached_graphs(moved, settings, progress=False)
+    rebuilt = cached_inputs(moved, RadiusGraph(settings), progress=False)
     assert len(builds) == 4
     assert not torch.equal(rebuilt.distance[: rebuilt.edge_ptr[1]], first.distance[: first.edge_ptr[1]])
     assert len(list((tmp_path / "graphs").glob("*.pt"))) == 4

@@ -10,7 +10,8 @@ import torch
 
 from mattransfer.data.registry import DataSources
 from mattransfer.errors import ConfigError
-from mattransfer.graphs.build import cached_graphs
+from mattransfer.graphs.build import RadiusGraph
+from mattransfer.graphs.inputs import cached_inputs
 from mattransfer.models.lora import LINEAR_TYPES, LoRALinear
 from mattransfer.models.model import ModelConfig, TransferModel
 from mattransfer.training.run import predict_structures, run
@@ -18,7 +19,7 @@ from mattransfer.training.run import predict_structures, run
 
 @pytest.fixture
 def volume_batch(volume_data):
-    return volume_data.graphs.batch(torch.arange(40))
+    return volume_data.inputs.batch(torch.arange(40))
 
 
 def _assert_same_state(a: TransferModel, b: TransferModel) -> None:
@@ -147,7 +148,7 @@ def test_run_writes_a_complete_run_directory(make_config, tmp_path):
     model = TransferModel.load(out / "model.ckpt")
     split = json.loads((out / "split.json").read_text())
     table = DataSources().load("demo_energy")
-    graphs = cached_graphs(table, model.graphs, progress=False)
+    graphs = cached_inputs(table, RadiusGraph(model.graphs), progress=False)
     positions = graphs.positions(split["test"])
     predictions = model.eval().predict(graphs.batch(positions)).numpy()
     mae = float(abs(predictions - table.y[positions.numpy()]).mean())
@@ -197,5 +198,5 @@ def test_compiled_run_matches_eager(make_config, tmp_path):
     # The checkpoint has the plain keys (a strict load), and predicts as the eager model does.
     loaded = [TransferModel.load(tmp_path / name / "model.ckpt").eval() for name in ("eager", "compiled")]
     batch = DataSources().load("demo_energy")
-    graphs = cached_graphs(batch, loaded[0].graphs, progress=False).batch(torch.arange(20))
+    graphs = cached_inputs(batch, RadiusGraph(loaded[0].graphs), progress=False).batch(torch.arange(20))
     torch.testing.assert_close(loaded[1].predict(graphs), loaded[0].predict(graphs), rtol=1e-3, atol=1e-3)

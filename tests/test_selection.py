@@ -80,7 +80,7 @@ def test_shared_latent_gives_the_same_members_as_encoding_per_member(pretrained,
     device = torch.device("cpu")
     labelled, pool = list(volume_split.train), list(volume_split.val)
     latent = shared_latent(pretrained, settings, volume_data, device)
-    assert latent is not None and latent.shape[0] == len(volume_data.graphs)
+    assert latent is not None and latent.shape[0] == len(volume_data.inputs)
     shared, _ = train_ensemble(pretrained, volume_data, labelled, settings, 0, device, latent=latent)
     alone, _ = train_ensemble(pretrained, volume_data, labelled, settings, 0, device)
     np.testing.assert_allclose(ensemble_predictions(shared, volume_data, pool, device, latent),

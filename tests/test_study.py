@@ -22,7 +22,8 @@ from mattransfer.models.model import ModelConfig, TransferModel
 from mattransfer.study import (
     COLUMNS, PRESETS, StudySpec, load_spec, pick_part2_targets, run_study, study_status, transfer_gain, write_preset,
 )
-from mattransfer.study.data import PreparedData, _graph_store
+from mattransfer.graphs.build import GraphSettings, RadiusGraph
+from mattransfer.study.data import PreparedData, _input_store
 from mattransfer.study.execute import _StudyRun
 from mattransfer.study.layout import StudyDir
 from mattransfer.study.tasks import Planner
@@ -93,7 +94,7 @@ POOLS = {
 
 
 def planner(study: StudySpec) -> Planner:
-    data = {k: PreparedData(k, "y", "u", f"fp-{k}", round(p / 0.9), p, Path("/nowhere")) for k, p in POOLS.items()}
+    data = {k: PreparedData(k, "y", "u", f"fp-{k}", round(p / 0.9), p, Path("/nowhere"), RadiusGraph(GraphSettings())) for k, p in POOLS.items()}
     return Planner(study, data)
 
 
@@ -221,7 +222,7 @@ def test_bravais_lattices_of_known_structures():
 def test_aux_weight_zero_is_plain_training(volume_data, volume_split, graph_settings):
     config = ModelConfig(**TINY["model"])
     training = TrainingOptions(max_epochs=2, patience=2, batch_size=16)
-    labels = torch.randint(0, len(BRAVAIS), (len(volume_data.graphs),))
+    labels = torch.randint(0, len(BRAVAIS), (len(volume_data.inputs),))
 
     def trained(aux_weight: float, with_aux: bool) -> TransferModel:
         torch.manual_seed(0)
@@ -284,13 +285,14 @@ def test_study_runs_every_task(tiny_study):
 def test_study_graphs_are_the_cache_file_not_a_copy(tiny_study):
     """Workers read the study directory's graphs, a hard link to the graph cache: no second copy on disk."""
     root, _ = tiny_study
-    study_graphs = sorted((root / "data").glob("*/graphs.pt"))
+    study_graphs = sorted((root / "data").glob("*/inputs.pt"))
     cache_graphs = sorted((Path(os.environ["MATTRANSFER_CACHE"]) / "graphs").glob("*.pt"))
     assert len(study_graphs) == 2
     assert all(any(os.path.samefile(g, c) for c in cache_graphs) for g in study_graphs)
     # demo_energy and demo_volume are properties of the same crystals: one file, loaded once per worker.
     assert os.path.samefile(*study_graphs)
-    assert _graph_store(study_graphs[0]) is _graph_store(study_graphs[1])
+    featurizer = RadiusGraph(GraphSettings())
+    assert _input_store(study_graphs[0], featurizer) is _input_store(study_graphs[1], featurizer)
 
 
 def test_results_table(tiny_study):

@@ -25,15 +25,16 @@ from mattransfer.data.readers import read_structures
 from mattransfer.data.table import PropertyTable
 from mattransfer.errors import DataError
 from mattransfer.models.domain import summary_line
-from mattransfer.models.model import TransferModel
+from mattransfer.models.model import TransferModel, load_source
 from mattransfer.training.run import featurize, resolve_device
 
 StructureLike = Union[Structure, "ase.Atoms", str, Path]  # noqa: F821
 
 
 def load(path: str | Path, device: str = "cpu") -> Model:
-    """A trained model from its checkpoint (``model.ckpt`` of a run directory)."""
-    return Model(TransferModel.load(Path(path)), device)
+    """A trained model from its checkpoint (``model.ckpt`` of a run directory), or a package's pre-trained
+    encoder by name (``chgnet:0.3.0``: its head is untrained, so use it for `Model.embed`)."""
+    return Model(load_source(path), device)
 
 
 def train(options: dict[str, Any] | str | Path, progress: bool = False) -> dict:
@@ -106,10 +107,13 @@ class Model:
     def embed(self, structures: StructureLike | Iterable[StructureLike], pooling: str | None = None,
               batch_size: int = 256) -> np.ndarray:
         """Latent vectors (n, d) of the encoder; ``pooling`` mean, sum or max (default: the encoder's own)."""
-        from mattransfer.models.encoders.base import POOLING
+        from mattransfer.models.encoders.base import pooling_parts
 
-        if pooling is not None and pooling not in POOLING:
-            raise DataError(f"pooling {pooling!r}: expected one of {sorted(POOLING)}.")
+        if pooling is not None:
+            try:
+                pooling_parts(pooling)
+            except ValueError as exc:
+                raise DataError(f"{exc}.") from exc
         return self._latent(as_table(structures), pooling, batch_size).cpu().numpy()
 
     def predict_with_domain(self, structures: StructureLike | Iterable[StructureLike] | PropertyTable,
@@ -117,8 +121,8 @@ class Model:
         """Predictions with the training-domain checks of each structure (`models/domain.py`), and
         a one-line summary. Without domain data in the checkpoint (older runs) only the predictions."""
         table = structures if isinstance(structures, PropertyTable) else as_table(structures)
-        graphs = featurize(self.module, table, cache=False)
-        latent = self.module.embed(graphs, batch_size=batch_size)
+        inputs = featurize(self.module, table, cache=False)
+        latent = self.module.embed(inputs, batch_size=batch_size)
         predictions = self.module.predict_latent(latent).cpu().numpy()
         column = f"{self.target} [{self.unit}]"
         frame = pd.DataFrame({"id": table.ids, "formula": [s.composition.reduced_formula for s in table.structures],
@@ -126,7 +130,7 @@ class Model:
         domain = self.module.domain
         if domain is None:
             return frame, "no training-domain data in this checkpoint (trained before mattransfer recorded it)"
-        assessment = domain.assess(latent, graphs.elements(), predictions)
+        assessment = domain.assess(latent, inputs.elements(), predictions)
         for key, values in assessment.items():
             frame[key] = values
         return frame, summary_line(assessment, domain, self.unit)

@@ -78,10 +78,16 @@ class FinetuneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: Literal["scratch", "full", "heads", "freeze", "lora", "last_layer"]
-    read_from: Path = Field(description="checkpoint of the pre-trained model")
+    read_from: str = Field(description="checkpoint of the pre-trained model, or a package's pre-trained model by name"
+                                       " (e.g. chgnet:0.3.0; `mattransfer models` lists them)")
     allow_test_overlap: bool = Field(
         False, description="accept test structures the pre-training trained on (the count is recorded either way)")
     config: dict[str, Any] = Field(default_factory=dict, validate_default=True, description="the method's options")
+
+    @field_validator("read_from", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, Path) else value
 
     @field_validator("config")
     @classmethod

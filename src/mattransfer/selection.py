@@ -35,9 +35,8 @@ from mattransfer.data.table import PropertyTable
 from mattransfer.errors import DataError
 from mattransfer.fileio import write_atomic, write_json
 from mattransfer.finetune import METHODS, param_groups
-from mattransfer.graphs.build import cached_graphs
-from mattransfer.models.model import TransferModel
-from mattransfer.training.run import Dataset, predict_batches, resolve_device, run_log, train_and_test
+from mattransfer.models.model import TransferModel, load_source
+from mattransfer.training.run import Dataset, featurize, predict_batches, resolve_device, run_log, train_and_test
 from mattransfer.training.trainer import Batches, EmbeddingBatches, TrainingOptions
 
 log = logging.getLogger(__name__)
@@ -150,7 +149,7 @@ def member_split(labelled: Sequence[str], seed: int, val_fraction: float, test: 
 
 def shared_latent(pretrained: TransferModel, settings: SelectionSettings, data: Dataset,
                   device: torch.device) -> torch.Tensor | None:
-    """The encoder's output for every graph of ``data`` when the members' method freezes the encoder.
+    """The encoder's output for every structure of ``data`` when the members' method freezes the encoder.
 
     Every member then shares it: the pool and the labelled set are encoded once, not once per member.
     """
@@ -158,7 +157,7 @@ def shared_latent(pretrained: TransferModel, settings: SelectionSettings, data: 
     probe = prepare(copy.deepcopy(pretrained), options_cls(**settings.ensemble.config))
     if "encoder" not in probe.frozen:
         return None
-    return probe.to(device).embed(data.graphs)
+    return probe.to(device).embed(data.inputs)
 
 
 def train_ensemble(
@@ -199,8 +198,8 @@ def ensemble_predictions(members: list[TransferModel], data: Dataset, ids: Seque
     """Every member's predictions for ``ids`` in the target's unit: shape (members, len(ids))."""
     if not len(ids):
         return np.zeros((len(members), 0))
-    positions = data.graphs.positions(ids)
-    batches = Batches(data.graphs, positions, torch.zeros(len(ids)), 512, device)
+    positions = data.inputs.positions(ids)
+    batches = Batches(data.inputs, positions, torch.zeros(len(ids)), 512, device)
     if latent is not None:
         batches = EmbeddingBatches(batches, members[0].encoder, latent)
     return np.stack([predict_batches(m.to(device), batches).numpy() for m in members])
@@ -298,11 +297,11 @@ def select(config: SelectConfig) -> pd.DataFrame:
             summary = {"labelled": 0, "lo": None, "hi": None, "n_candidates": len(pool)}
             log.info("nothing labelled yet: %d structures picked at random from %d", len(chosen), len(pool))
         else:
-            pretrained = TransferModel.load(config.read_from)
+            pretrained = load_source(config.read_from)
             device = resolve_device(config.device)
             # one table (pool targets NaN) so that one graph store serves training and ranking
             joined, _ = labelled.concat(dataclasses.replace(pool, target=labelled.target, unit=labelled.unit), "pool:")
-            data = Dataset(joined, cached_graphs(joined, pretrained.graphs, progress=False))
+            data = Dataset(joined, featurize(pretrained, joined))
             latent = shared_latent(pretrained, config, data, device)
             members, _ = train_ensemble(pretrained, data, labelled.ids, config, config.seed, device,
                                         latent=latent, run_dir=run_dir)

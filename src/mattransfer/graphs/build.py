@@ -1,5 +1,6 @@
 """Periodic neighbour graphs of crystals, built once per (structures, settings) and cached.
 
+`RadiusGraph` is the featurizer that encoders of these graphs declare (cached by `graphs.inputs`).
 Neighbours come from pymatgen's ``Structure.get_neighbor_list`` (compiled cell-list search); the
 ``max_neighbors`` nearest per atom are kept with one vectorized sort. A structure whose atoms have no
 neighbour inside the cutoff is still a valid graph: it has atoms and no edges.
@@ -7,7 +8,6 @@ neighbour inside the cutoff is still a valid graph: it has atoms and no edges.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from pathlib import Path
@@ -20,8 +20,8 @@ from rich.progress import Progress
 
 from mattransfer.data.table import PropertyTable
 from mattransfer.errors import DataError
+from mattransfer.graphs.inputs import inputs_hash
 from mattransfer.graphs.store import GraphStore
-from mattransfer.paths import cache_dir, touch
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +58,8 @@ def atomic_numbers(structure: Structure, where: str) -> np.ndarray:
 
 
 def structures_hash(table: PropertyTable, settings: GraphSettings) -> str:
-    """Content hash of everything a graph depends on: ids, lattices, species, positions, settings."""
-    digest = hashlib.sha256(f"v{GRAPH_FORMAT_VERSION}:{settings.model_dump_json()}".encode())
-    for row_id, structure in zip(table.ids, table.structures):
-        digest.update(row_id.encode())
-        digest.update(np.asarray(structure.atomic_numbers, dtype=np.int64).tobytes())
-        digest.update(structure.lattice.matrix.tobytes())
-        digest.update(structure.frac_coords.tobytes())
-    return digest.hexdigest()[:20]
+    """Content hash of everything a radius graph depends on: ids, lattices, species, positions, settings."""
+    return inputs_hash(table, RadiusGraph(settings))
 
 
 def build_graphs(table: PropertyTable, settings: GraphSettings, progress: bool = True) -> GraphStore:
@@ -100,28 +94,19 @@ def build_graphs(table: PropertyTable, settings: GraphSettings, progress: bool =
     )
 
 
-def cached_graphs(table: PropertyTable, settings: GraphSettings, progress: bool = True) -> GraphStore:
-    """`build_graphs`, cached on disk under the content hash: rebuilt when data or settings change."""
-    path = _cache_file(table, settings)
-    if path.exists():
-        touch(path)  # used now: `mattransfer cache clear --older-than` keeps it
+class RadiusGraph:
+    """The featurizer of distance-graph encoders (CGCNN): `build_graphs` with ``settings``."""
+
+    name = "graphs"  # the cache folder
+
+    def __init__(self, settings: GraphSettings) -> None:
+        self.settings = settings
+
+    def key(self) -> str:
+        return f"v{GRAPH_FORMAT_VERSION}:{self.settings.model_dump_json()}"
+
+    def build(self, table: PropertyTable, progress: bool = True) -> GraphStore:
+        return build_graphs(table, self.settings, progress)
+
+    def load(self, path: Path) -> GraphStore:
         return GraphStore.load(path)
-    store = build_graphs(table, settings, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    store.save(path)
-    return store
-
-
-def cached_graphs_file(table: PropertyTable, settings: GraphSettings, progress: bool = True) -> Path:
-    """The graph cache file of ``table``, built first if missing (for readers that load it themselves)."""
-    path = _cache_file(table, settings)
-    if path.exists():
-        touch(path)
-    else:
-        cached_graphs(table, settings, progress)
-    return path
-
-
-def _cache_file(table: PropertyTable, settings: GraphSettings) -> Path:
-    # Keyed by content alone: datasets with the same structures (eform, bandgap) share one file.
-    return cache_dir() / "graphs" / f"{structures_hash(table, settings)}.pt"

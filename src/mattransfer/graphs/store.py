@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from mattransfer.fileio import atomic_path
+from mattransfer.graphs.inputs import positions_of
 
 
 @dataclass
@@ -57,11 +58,7 @@ class GraphStore:
 
     def positions(self, ids: Sequence[str]) -> Tensor:
         """Row positions of ``ids``; unknown ids are a KeyError naming them."""
-        lookup = {i: k for k, i in enumerate(self.ids)}
-        missing = [i for i in ids if i not in lookup]
-        if missing:
-            raise KeyError(f"ids not in the graph store: {missing[:5]}")
-        return torch.tensor([lookup[i] for i in ids], dtype=torch.long)
+        return positions_of(self.ids, ids)
 
     def subset(self, index: Tensor) -> GraphStore:
         """The graphs at positions ``index`` as a store of their own."""

@@ -14,9 +14,10 @@ from torch import Tensor, nn
 from mattransfer.errors import ConfigError
 from mattransfer.fileio import atomic_path
 from mattransfer.graphs.build import GraphSettings
-from mattransfer.graphs.store import GraphBatch, GraphStore
+from mattransfer.graphs.inputs import InputBatch, InputStore
 from mattransfer.models.domain import Domain
 from mattransfer.models.encoders import ENCODERS
+from mattransfer.models.encoders.base import PRETRAINED, pretrained_weights
 from mattransfer.models.head import HeadConfig, MLPHead
 from mattransfer.models.lora import inject_lora
 
@@ -67,16 +68,16 @@ class TransferModel(nn.Module):
         # `training_record`s of every training these weights went through, pre-training first.
         self.training_data: list[dict[str, Any]] = []
 
-    def forward(self, batch: GraphBatch) -> Tensor:
+    def forward(self, batch: InputBatch) -> Tensor:
         return self.head(self.encoder(batch))
 
-    def forward_with_aux(self, batch: GraphBatch) -> tuple[Tensor, Tensor]:
+    def forward_with_aux(self, batch: InputBatch) -> tuple[Tensor, Tensor]:
         """The regression output and the auxiliary head's class logits, from one encoder pass."""
         latent = self.encoder(batch)
         return self.head(latent), self.aux_head(latent)
 
     @torch.no_grad()
-    def predict(self, batch: GraphBatch) -> Tensor:
+    def predict(self, batch: InputBatch) -> Tensor:
         """Predictions in the target's physical unit (float64)."""
         return self.predict_latent(self.encoder(batch))
 
@@ -86,10 +87,10 @@ class TransferModel(nn.Module):
         return self.head(latent).double() * self.target_std + self.target_mean
 
     @torch.no_grad()
-    def embed(self, store: GraphStore, pooling: str | None = None, batch_size: int = 256) -> Tensor:
+    def embed(self, store: InputStore, pooling: str | None = None, batch_size: int = 256) -> Tensor:
         """Latent vectors (len(store), out_dim) of every graph of ``store``, in eval mode, on the model's device.
 
-        ``pooling`` (mean, sum, max) overrides the encoder's own; the head was trained on the latter.
+        ``pooling`` (a `pool` spec) overrides the encoder's own; the head was trained on the latter.
         """
         self.eval()
         device = self.target_mean.device
@@ -188,6 +189,33 @@ class TransferModel(nn.Module):
         model.training_data = list(checkpoint.get("training_data") or [])
         model.frozen.clear()  # add_lora froze batch norms for its run; this model has not been fine-tuned yet
         return model
+
+
+    @classmethod
+    def from_pretrained(cls, name: str, head: HeadConfig | None = None, pooling: str | None = None) -> TransferModel:
+        """A package's pre-trained encoder (`register_pretrained`) under a fresh ``head``; ``pooling``
+        overrides the encoder's default (pooling is no weight: any choice keeps the pre-training)."""
+        options, state = pretrained_weights(name)
+        options = {**options, **({"pooling": pooling} if pooling else {})}
+        model = cls(ModelConfig(encoder=options, head=head or HeadConfig()), GraphSettings())
+        model.encoder.load_state_dict(state)
+        model.target = {"dataset": "", "name": f"pre-trained {name}", "unit": ""}
+        model.provenance = {"pretrained": name}
+        return model
+
+
+def is_pretrained_name(source: str | Path) -> bool:
+    """Whether ``source`` names a package's pre-trained model (``chgnet:0.3.0``) rather than a checkpoint file."""
+    text = str(source)
+    return text in PRETRAINED or (":" in text and "/" not in text and not Path(text).exists())
+
+
+def load_source(source: str | Path, head: HeadConfig | None = None, pooling: str | None = None) -> TransferModel:
+    """What a fine-tune starts from: a checkpoint file, or a pre-trained model named as ``package:version``
+    (``head`` and ``pooling`` apply to the latter; a checkpoint keeps its own)."""
+    if is_pretrained_name(source):
+        return TransferModel.from_pretrained(str(source), head, pooling)
+    return TransferModel.load(Path(source))
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """A study's datasets, prepared once by the main process and read by every worker.
 
-The main process loads each table (structures and all), featurizes it through the graph cache and
-puts what training needs into the study directory: graphs (a hard link to the cache file), targets
+The main process loads each table (structures and all), featurizes it through the input cache with
+the study encoder's featurizer and puts what training needs into the study directory: the encoder's
+inputs (``inputs.pt``, a hard link to the cache file), targets
 and, for structure-biased pre-training, Bravais labels. Workers read only those files, never the structures.
 """
 
@@ -24,11 +25,11 @@ from mattransfer.data.splits import fixed_test_ids
 from mattransfer.data.symmetry import cached_bravais_labels
 from mattransfer.data.table import PropertyTable
 from mattransfer.fileio import atomic_path, write_atomic, write_json
-from mattransfer.graphs.build import GraphSettings, cached_graphs_file, structures_hash
-from mattransfer.graphs.store import GraphStore
+from mattransfer.graphs.inputs import Featurizer, InputStore, cached_inputs_file, inputs_hash
 from mattransfer.study.layout import StudyDir
 from mattransfer.study.relatedness import property_relatedness
 from mattransfer.study.spec import StudySpec
+from mattransfer.models.model import TransferModel
 from mattransfer.training.run import Dataset
 
 log = logging.getLogger(__name__)
@@ -41,15 +42,16 @@ class PreparedData:
     key: str
     target: str
     unit: str
-    fingerprint: str  # content hash of ids, structures, graph settings and targets
+    fingerprint: str  # content hash of ids, structures, featurizer and targets
     n_rows: int
     pool: int  # samples outside the fixed test set: the most a subset can draw
     path: Path
+    featurizer: Featurizer  # what made inputs.pt, and reads it
     has_labels: bool = False  # Bravais labels prepared
 
 
-def fingerprint(table: PropertyTable, settings: GraphSettings) -> str:
-    digest = hashlib.sha256(structures_hash(table, settings).encode())
+def fingerprint(table: PropertyTable, featurizer: Featurizer) -> str:
+    digest = hashlib.sha256(inputs_hash(table, featurizer).encode())
     digest.update(np.ascontiguousarray(table.y, dtype=np.float64).tobytes())
     return digest.hexdigest()[:16]
 
@@ -78,22 +80,24 @@ def _prepare(table: PropertyTable, spec: StudySpec, study: StudyDir, labels: boo
     study.test_ids_file(table.name).parent.mkdir(parents=True, exist_ok=True)
     write_json(study.test_ids_file(table.name),
                {"dataset": table.name, "test_fraction": spec.test_fraction, "test_seed": spec.test_seed, "ids": test})
-    content = fingerprint(table, spec.graphs)
+    featurizer = TransferModel(spec.model, spec.graphs).encoder.featurizer()
+    content = fingerprint(table, featurizer)
     path = study.data_dir(table.name, content)
     path.mkdir(parents=True, exist_ok=True)
-    if not (path / "targets.pt").exists():  # written last: its presence means the directory is complete
-        _link_or_copy(cached_graphs_file(table, spec.graphs, progress), path / "graphs.pt")
+    if not (path / "inputs.pt").exists():  # studies of before the encoder contract have graphs.pt
+        _link_or_copy(cached_inputs_file(table, featurizer, progress), path / "inputs.pt")
+    if not (path / "targets.pt").exists():
         _save_tensor(torch.from_numpy(table.y), path / "targets.pt")
     if not (path / "identities.json").exists():  # structure keys and formulas, for test-overlap counts
         write_json(path / "identities.json", table.identities())
     if labels and not (path / "labels.pt").exists():
         _save_tensor(torch.from_numpy(cached_bravais_labels(table, spec.graphs, progress)), path / "labels.pt")
     return PreparedData(table.name, table.target, table.unit, content, len(table), len(table) - len(test), path,
-                        has_labels=(path / "labels.pt").exists())
+                        featurizer, has_labels=(path / "labels.pt").exists())
 
 
 def _link_or_copy(source: Path, path: Path) -> None:
-    """A hard link to the graph cache file: the study directory stays self-contained (workers on
+    """A hard link to the input cache file: the study directory stays self-contained (workers on
     other machines read it) without a second copy on disk; a copy where links cannot be made."""
     with atomic_path(path) as tmp:
         try:
@@ -107,28 +111,28 @@ def _save_tensor(tensor: torch.Tensor, path: Path) -> None:
         torch.save(tensor, tmp)
 
 
-_GRAPH_STORES: dict[tuple[int, ...], GraphStore] = {}
+_INPUT_STORES: dict[tuple[int, ...], InputStore] = {}
 
 
-def _graph_store(path: Path) -> GraphStore:
-    """One `GraphStore` per graph file and process: eform and bandgap link to the same file."""
+def _input_store(path: Path, featurizer: Featurizer) -> InputStore:
+    """One store per input file and process: eform and bandgap link to the same file."""
     stat = path.stat()
     key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
-    if key not in _GRAPH_STORES:
-        _GRAPH_STORES[key] = GraphStore.load(path)
-    return _GRAPH_STORES[key]
+    if key not in _INPUT_STORES:
+        _INPUT_STORES[key] = featurizer.load(path)
+    return _INPUT_STORES[key]
 
 
 def load_prepared(data: PreparedData) -> tuple[Dataset, torch.Tensor | None]:
     """The dataset as training needs it, and its Bravais labels if prepared (worker side)."""
-    graphs = _graph_store(data.path / "graphs.pt")
+    inputs = _input_store(data.path / "inputs.pt", data.featurizer)
     y = torch.load(data.path / "targets.pt", weights_only=True).numpy()
-    # Training reads ids, targets and graphs; the structures stay with the main process.
+    # Training reads ids, targets and inputs; the structures stay with the main process.
     table = PropertyTable(name=data.key, target=data.target, unit=data.unit, source=str(data.path),
-                          ids=list(graphs.ids), structures=[], y=y,
+                          ids=list(inputs.ids), structures=[], y=y,
                           known_identities=json.loads((data.path / "identities.json").read_text()))
     labels = torch.load(data.path / "labels.pt", weights_only=True) if data.has_labels else None
-    return Dataset(table, graphs), labels
+    return Dataset(table, inputs), labels
 
 
 def _write_relatedness(tables: dict[str, PropertyTable], fingerprints: dict[str, str], study: StudyDir) -> None:

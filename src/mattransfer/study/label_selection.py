@@ -34,13 +34,12 @@ from mattransfer.config import load_options
 from mattransfer.data.registry import DataSources
 from mattransfer.data.splits import fixed_test_ids, test_overlap
 from mattransfer.fileio import write_atomic, write_json
-from mattransfer.graphs.build import cached_graphs
-from mattransfer.models.model import TransferModel
+from mattransfer.models.model import TransferModel, load_source
 from mattransfer.selection import (
     SelectionSettings, deviation, ensemble_predictions, pick_candidates, pick_random, shared_latent, train_ensemble,
 )
 from mattransfer.study.layout import StudyDir
-from mattransfer.training.run import Dataset, resolve_device
+from mattransfer.training.run import Dataset, featurize, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +115,9 @@ def _simulate(spec: SimulationSpec, out: Path) -> pd.DataFrame:
         if all(_chain_finished(out, target.dataset, strategy, seed) for strategy in spec.strategies for seed in spec.seeds):
             continue  # nothing to do: skip loading the data
         start = time.perf_counter()
-        pretrained = TransferModel.load(target.read_from)
+        pretrained = load_source(target.read_from)
         table = sources.load(target.dataset)
-        data = Dataset(table, cached_graphs(table, pretrained.graphs, progress=False))
+        data = Dataset(table, featurize(pretrained, table))
         settings = spec.settings(target)
         latent = shared_latent(pretrained, settings, data, device)
         test = fixed_test_ids(table.ids, spec.test_fraction, spec.test_seed)

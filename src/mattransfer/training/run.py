@@ -29,10 +29,9 @@ from mattransfer.data.table import PropertyTable
 from mattransfer.errors import ConfigError, LeakError
 from mattransfer.fileio import write_atomic, write_json
 from mattransfer.finetune import METHODS, param_groups
-from mattransfer.graphs.build import build_graphs, cached_graphs
-from mattransfer.graphs.store import GraphStore
+from mattransfer.graphs.inputs import InputStore, cached_inputs
 from mattransfer.models.domain import Domain
-from mattransfer.models.model import TransferModel
+from mattransfer.models.model import TransferModel, is_pretrained_name, load_source
 from mattransfer.provenance import provenance
 from mattransfer.threads import set_threads
 from mattransfer.training.curves import plot_learning_curve
@@ -113,10 +112,10 @@ def _refuse_training_structures(other: PropertyTable, train: PropertyTable) -> N
 
 @dataclass
 class Dataset:
-    """A loaded table with its graphs: what every run on one dataset shares."""
+    """A loaded table with its encoder inputs: what every run on one dataset shares."""
 
     table: PropertyTable
-    graphs: GraphStore
+    inputs: InputStore
 
     def targets(self) -> torch.Tensor:
         return torch.from_numpy(self.table.y)
@@ -147,14 +146,14 @@ def train_and_test(
     trains several heads on one encoder. An empty split part (no test set) is skipped.
     """
     assert_disjoint(split.train, split.val, split.test)
-    model.encoder.check_elements(data.graphs)
+    model.encoder.check_elements(data.inputs)
     y = data.targets()
-    train_pos, val_pos, test_pos = (data.graphs.positions(ids) for ids in (split.train, split.val, split.test))
+    train_pos, val_pos, test_pos = (data.inputs.positions(ids) for ids in (split.train, split.val, split.test))
     model.set_target(data.table.name, data.table.target, data.table.unit, y[train_pos])
     y_std = ((y - model.target_mean) / model.target_std).float()
     model.to(device)
     batches = {
-        name: Batches(data.graphs, pos, y_std[pos], training.batch_size, device)
+        name: Batches(data.inputs, pos, y_std[pos], training.batch_size, device)
         for name, pos in (("train", train_pos), ("val", val_pos), ("test", test_pos)) if len(pos)
     }
     if aux_labels is not None:
@@ -208,7 +207,7 @@ def run_log(run_dir: Path) -> Iterator[None]:
 def run(config: TrainConfig, progress: bool = True) -> dict:
     """Run the training the options describe; write and return its metrics."""
     device = resolve_device(config.device)  # before any work or file: a missing GPU fails at once
-    pretrained = TransferModel.load(config.finetune.read_from) if config.finetune else None
+    pretrained = _load_pretrained(config) if config.finetune else None
     if pretrained is not None:
         config = _with_pretrained_architecture(config, pretrained)
     run_dir = Path(config.output_dir)
@@ -219,19 +218,19 @@ def run(config: TrainConfig, progress: bool = True) -> dict:
         start = time.perf_counter()
         sources = DataSources.from_yaml(config.data_sources) if config.data_sources else DataSources.from_env()
         table, split = prepare_table(config.data, sources, config.seed)
-        data = Dataset(table, cached_graphs(table, config.graphs, progress))
+        torch.manual_seed(config.seed)
+        model = pretrained or TransferModel(config.model, config.graphs)
+        data = Dataset(table, featurize(model, table, progress=progress))
         split.to_json(run_dir / "split.json")
         origin = provenance()
         write_atomic(run_dir / "config.yaml", f"# mattransfer {origin['mattransfer_version']},"
                      f" git commit {origin['git_commit'] or 'unknown'}\n"
                      + yaml.safe_dump(config.resolved(), sort_keys=False))
 
-        torch.manual_seed(config.seed)
+        torch.manual_seed(config.seed)  # again: featurizing may draw random numbers; fresh heads depend on the seed alone
         options = config.finetune.options() if config.finetune else None
         overlap = None
-        if pretrained is None:
-            model = TransferModel(config.model, config.graphs)
-        else:
+        if pretrained is not None:
             pretrained.drop_aux_head()
             _check_inherit_head(pretrained, table, options)
             model = METHODS[config.finetune.method][1](pretrained, options)
@@ -247,8 +246,8 @@ def run(config: TrainConfig, progress: bool = True) -> dict:
             model, data, split, config.training, groups, seed=config.seed,
             device=device, run_dir=run_dir, progress=progress, description=description, compile=config.compile,
         )
-        train_pos = data.graphs.positions(split.train)
-        model.domain = training_domain(model, data.graphs, train_pos, table.y[train_pos.numpy()], config.seed)
+        train_pos = data.inputs.positions(split.train)
+        model.domain = training_domain(model, data.inputs, train_pos, table.y[train_pos.numpy()], config.seed)
         model.provenance = origin
         model.cpu().save(run_dir / "model.ckpt", config=config.resolved())
         plot_learning_curve(result.history, result.best_epoch, table.unit, f"{description}: {table.target}",
@@ -269,20 +268,38 @@ def run(config: TrainConfig, progress: bool = True) -> dict:
         return summary
 
 
-def training_domain(model: TransferModel, graphs: GraphStore, train_pos: torch.Tensor, y_train: np.ndarray,
+def training_domain(model: TransferModel, inputs: InputStore, train_pos: torch.Tensor, y_train: np.ndarray,
                     seed: int) -> Domain:
     """What `predict` compares new structures with (models/domain.py): elements, target range, latent vectors."""
-    subset = graphs.subset(train_pos)
+    subset = inputs.subset(train_pos)
     latent = model.embed(subset)
     return Domain.fit(latent, set().union(*subset.elements()), y_train, seed=seed)
+
+
+def _load_pretrained(config: TrainConfig) -> TransferModel:
+    """The fine-tune's starting point. A package's pre-trained model takes the options' head and, when the
+    options name the same encoder, its pooling (neither is pre-trained); a checkpoint keeps its own."""
+    source = config.finetune.read_from
+    if not is_pretrained_name(source):
+        return load_source(source)
+    head = config.model.head if "model" in config.model_fields_set else None
+    given = config.model.encoder if "model" in config.model_fields_set else {}
+    model = load_source(source, head)
+    if given.get("name") == model.config.encoder["name"] and given.get("pooling") != model.encoder.pooling:
+        model = load_source(source, head, given["pooling"])
+    return model
 
 
 def _with_pretrained_architecture(config: TrainConfig, pretrained: TransferModel) -> TrainConfig:
     """The options with the checkpoint's model and graph settings: a fine-tune trains (and records)
     the architecture it loads. Settings the options give explicitly and that differ get a warning."""
     actual = {"model": pretrained.config, "graphs": pretrained.graphs}
+    asked = {key: key in config.model_fields_set and getattr(config, key) != value for key, value in actual.items()}
+    if is_pretrained_name(config.finetune.read_from):  # it took the options' head and pooling (`_load_pretrained`)
+        asked = {"model": "encoder" in config.model.model_fields_set
+                 and config.model.encoder["name"] != pretrained.config.encoder["name"], "graphs": False}
     for key, value in actual.items():
-        if key in config.model_fields_set and getattr(config, key) != value:
+        if asked[key]:
             log.warning("%s: the options ask for another %s than the checkpoint %s has; the fine-tune trains and"
                         " records the checkpoint's: %s", config.output_dir, key, config.finetune.read_from,
                         value.model_dump())
@@ -313,17 +330,18 @@ def _check_inherit_head(pretrained: TransferModel, table: PropertyTable, options
         )
 
 
-def featurize(model: TransferModel, table: PropertyTable, cache: bool = True, progress: bool = False) -> GraphStore:
-    """The graphs of ``table`` with the model's graph settings, checked against its element table.
+def featurize(model: TransferModel, table: PropertyTable, cache: bool = True, progress: bool = False) -> InputStore:
+    """The inputs of ``table`` from the model's encoder's featurizer, checked against its elements.
 
     ``cache=False`` for one-off structures (predict): they would only grow the cache.
     """
-    graphs = cached_graphs(table, model.graphs, progress) if cache else build_graphs(table, model.graphs, progress)
-    model.encoder.check_elements(graphs)
-    return graphs
+    featurizer = model.encoder.featurizer()
+    inputs = cached_inputs(table, featurizer, progress) if cache else featurizer.build(table, progress)
+    model.encoder.check_elements(inputs)
+    return inputs
 
 
 def predict_structures(model: TransferModel, table: PropertyTable, batch_size: int = 256, cache: bool = True) -> np.ndarray:
     """Predictions for every structure of ``table`` (targets ignored), in physical units."""
-    graphs = featurize(model, table, cache)
-    return model.predict_latent(model.embed(graphs, batch_size=batch_size)).cpu().numpy()
+    inputs = featurize(model, table, cache)
+    return model.predict_latent(model.embed(inputs, batch_size=batch_size)).cpu().numpy()

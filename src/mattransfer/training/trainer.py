@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor, nn
 
 from mattransfer.errors import TrainingDiverged
-from mattransfer.graphs.store import GraphBatch, GraphStore
+from mattransfer.graphs.inputs import InputBatch, InputStore
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class Batches:
     indices of an auxiliary task (structure-biased pre-training).
     """
 
-    def __init__(self, store: GraphStore, positions: Tensor, y: Tensor, batch_size: int, device: torch.device,
+    def __init__(self, store: InputStore, positions: Tensor, y: Tensor, batch_size: int, device: torch.device,
                  labels: Tensor | None = None):
         self.store, self.positions, self.y, self.labels = store, positions, y, labels
         self.batch_size, self.device = batch_size, device
@@ -80,7 +80,7 @@ class Batches:
 
     def epoch(
         self, generator: torch.Generator | None = None
-    ) -> list[tuple[GraphBatch, Tensor] | tuple[GraphBatch, Tensor, Tensor]]:
+    ) -> list[tuple[InputBatch, Tensor] | tuple[InputBatch, Tensor, Tensor]]:
         """Mini-batches of near-equal size (no straggler batch of one graph); shuffled with ``generator``."""
         order = torch.randperm(len(self.positions), generator=generator) if generator else torch.arange(len(self))
         n_batches = math.ceil(len(self) / self.batch_size)
@@ -90,7 +90,7 @@ class Batches:
             for chunk in torch.tensor_split(order, n_batches)
         ]
 
-    def inputs(self, chunk: Tensor) -> GraphBatch:
+    def inputs(self, chunk: Tensor) -> InputBatch:
         """The model input of the graphs at ``chunk`` (indices into this subset)."""
         return self.store.batch(self.positions[chunk]).to(self.device)
 
@@ -247,7 +247,7 @@ class _HistoryWriter:
             self.handle.close()
 
 
-def training_loss(model: nn.Module, batch: GraphBatch, y: Tensor, loss_fn, aux_weight: float = 0.0,
+def training_loss(model: nn.Module, batch: InputBatch, y: Tensor, loss_fn, aux_weight: float = 0.0,
                   labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The regression loss, plus ``aux_weight`` × cross-entropy of the auxiliary head on ``labels``;
     and the regression prediction (for the epoch's MAE).
@@ -266,7 +266,7 @@ def training_loss(model: nn.Module, batch: GraphBatch, y: Tensor, loss_fn, aux_w
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: list[tuple[GraphBatch, Tensor]], loss_fn) -> tuple[float, float]:
+def evaluate(model: nn.Module, batches: list[tuple[InputBatch, Tensor]], loss_fn) -> tuple[float, float]:
     """Mean loss and mean absolute error (standardised units) over ``batches``."""
     model.eval()
     loss = error = 0.0

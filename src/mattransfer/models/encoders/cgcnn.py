@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
@@ -11,9 +9,9 @@ from torch import Tensor, nn
 from torch_geometric.nn import CGConv
 from torch_geometric.nn.models.schnet import GaussianSmearing
 
-from mattransfer.graphs.build import GraphSettings
+from mattransfer.graphs.build import GraphSettings, RadiusGraph
 from mattransfer.graphs.store import GraphBatch
-from mattransfer.models.encoders.base import Encoder, register_encoder
+from mattransfer.models.encoders.base import Encoder, Pooling, register_encoder
 
 
 class FactorizedCGConv(CGConv):
@@ -45,6 +43,8 @@ class FactorizedCGConv(CGConv):
 
 @register_encoder("cgcnn")
 class CGCNN(Encoder):
+    unknown_element_advice = "raise the encoder's max_z"
+
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")
 
@@ -53,7 +53,7 @@ class CGCNN(Encoder):
         n_gaussians: int = Field(40, ge=2, description="Gaussians in the distance expansion")
         max_z: int = Field(100, ge=1, description="largest atomic number in the embedding table")
         batch_norm: bool = True
-        pooling: Literal["mean", "sum", "max"] = "mean"
+        pooling: Pooling = "mean"
 
     def __init__(self, config: Config, graphs: GraphSettings) -> None:
         super().__init__()
@@ -64,7 +64,15 @@ class CGCNN(Encoder):
             for _ in range(config.n_layers)
         )
         self.pooling = config.pooling
-        self.out_dim = config.hidden
+        self.atom_dim = config.hidden
+        self.elements = frozenset(range(1, config.max_z + 1))
+        self.graph_settings = graphs
+
+    def featurizer(self) -> RadiusGraph:
+        return RadiusGraph(self.graph_settings)
+
+    def blocks(self) -> list[str]:
+        return ["embedding", *(f"layers.{i}" for i in range(len(self.layers)))]
 
     def atom_features(self, batch: GraphBatch) -> Tensor:
         x = self.embedding(batch.z)
