@@ -258,7 +258,8 @@ def _eval(args: argparse.Namespace) -> None:
     from mattransfer.data.splits import fixed_test_ids, test_overlap
     from mattransfer.models.model import TransferModel
     from mattransfer.training.metrics import regression_metrics
-    from mattransfer.training.run import load_table, predict_structures, resolve_device
+    from mattransfer.training.job import predict_structures, resolve_device
+    from mattransfer.training.run import load_table
 
     model = TransferModel.load(args.checkpoint).to(resolve_device(args.device))
     table = load_table(_data_config(args, model), _sources(args.data_sources))

@@ -41,9 +41,8 @@ class ModelConfig(BaseModel):
 
 
 class TransferModel(nn.Module):
-    """``encoder`` (graph → latent) and ``head`` (latent → standardised target).
+    """``encoder`` (structure → latent) and ``head`` (latent → standardised target).
 
-    An optional ``aux_head`` (latent → class logits) serves structure-biased pre-training only.
     ``frozen`` names submodules that fine-tuning froze; they stay in eval mode in training so that
     batch-norm statistics are frozen along with the weights. Freezing is a property of a training run,
     not of the weights: a loaded model starts with nothing frozen (LoRA base weights excepted).
@@ -62,7 +61,6 @@ class TransferModel(nn.Module):
         self.target: dict[str, str] = {"name": "", "unit": "", "dataset": ""}
         self.frozen: list[str] = []
         self.lora: dict[str, float] | None = None
-        self.aux_head: MLPHead | None = None
         self.domain: Domain | None = None  # of the data the model was last trained on (models/domain.py)
         self.provenance: dict[str, Any] = {}  # package version and git commit that trained it
         # `training_record`s of every training these weights went through, pre-training first.
@@ -70,11 +68,6 @@ class TransferModel(nn.Module):
 
     def forward(self, batch: InputBatch) -> Tensor:
         return self.head(self.encoder(batch))
-
-    def forward_with_aux(self, batch: InputBatch) -> tuple[Tensor, Tensor]:
-        """The regression output and the auxiliary head's class logits, from one encoder pass."""
-        latent = self.encoder(batch)
-        return self.head(latent), self.aux_head(latent)
 
     @torch.no_grad()
     def predict(self, batch: InputBatch) -> Tensor:
@@ -111,14 +104,6 @@ class TransferModel(nn.Module):
 
     def reset_head(self) -> None:
         self.head = MLPHead(self.encoder.out_dim, self.config.head)
-
-    def add_aux_head(self, n_classes: int) -> None:
-        """A classifier from the latent, trained beside the regression head (structure-biased pre-training)."""
-        self.aux_head = MLPHead(self.encoder.out_dim, self.config.head, out_dim=n_classes)
-
-    def drop_aux_head(self) -> None:
-        """Fine-tuning has no use for the auxiliary classifier."""
-        self.aux_head = None
 
     def freeze(self, names: list[str]) -> None:
         for name in names:
@@ -158,7 +143,6 @@ class TransferModel(nn.Module):
             "graphs": self.graphs.model_dump(),
             "target": self.target,
             "lora": self.lora,
-            "aux_classes": self.aux_head[-1].out_features if self.aux_head is not None else None,
             "state_dict": self.state_dict(),
             "domain": self.domain.to_checkpoint() if self.domain is not None else None,
             "provenance": self.provenance,
@@ -176,9 +160,9 @@ class TransferModel(nn.Module):
             model = cls(ModelConfig(**checkpoint["model"]), GraphSettings(**checkpoint["graphs"]))
             if checkpoint["lora"]:
                 model.add_lora(int(checkpoint["lora"]["rank"]), checkpoint["lora"]["alpha"])
-            if checkpoint.get("aux_classes"):
-                model.add_aux_head(int(checkpoint["aux_classes"]))
-            model.load_state_dict(checkpoint["state_dict"])
+            # Pre-trainings of before `training.objectives` saved their Bravais classifier: no use now.
+            state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("aux_head.")}
+            model.load_state_dict(state)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             lines = [line.strip() for line in str(exc).strip().splitlines()]
             reason = next((line for line in lines[1:] if line), lines[0])  # the first mismatch, not the preamble

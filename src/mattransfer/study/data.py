@@ -30,7 +30,7 @@ from mattransfer.study.layout import StudyDir
 from mattransfer.study.relatedness import property_relatedness
 from mattransfer.study.spec import StudySpec
 from mattransfer.models.model import TransferModel
-from mattransfer.training.run import Dataset
+from mattransfer.training.job import Dataset
 
 log = logging.getLogger(__name__)
 
