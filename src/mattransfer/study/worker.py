@@ -62,7 +62,7 @@ def run_task(task: Task, spec: StudySpec, data: dict[str, PreparedData], study_d
     task_dir.mkdir(parents=True, exist_ok=True)
     try:
         with _ONE_TASK_AT_A_TIME, run_log(task_dir):
-            result = _train(task, spec, data[task.dataset], study)
+            result = _train(task, spec, data[task.data_key], study)
     except Exception as exc:
         study.write_error(task.hash, f"{type(exc).__name__}: {exc}", traceback.format_exc())
         return "failed"
@@ -80,7 +80,7 @@ def _train(task: Task, spec: StudySpec, data: PreparedData, study: StudyDir) -> 
     start = time.perf_counter()
     dataset, labels = _load(data)
     split = make_split(
-        dataset.table.ids, task.size, task.seed, dataset=task.dataset, test_fraction=spec.test_fraction,
+        data.split_ids() or dataset.table.ids, task.size, task.seed, dataset=task.dataset, test_fraction=spec.test_fraction,
         val_fraction=spec.val_fraction, test_seed=spec.test_seed,
     )
     task_dir = study.task_dir(task.hash)
@@ -96,7 +96,10 @@ def _train(task: Task, spec: StudySpec, data: PreparedData, study: StudyDir) -> 
 
 
 def _source(task: Task, study: StudyDir) -> TransferModel | None:
-    """The pre-training a transfer fine-tune starts from (only tensors and plain types are unpickled)."""
+    """The pre-training a transfer fine-tune starts from (only tensors and plain types are unpickled),
+    or the package's pre-trained model it names."""
+    if task.pretrained:
+        return TransferModel.from_pretrained(task.pretrained)
     return TransferModel.load(study.checkpoint(task.pretrain)) if task.pretrain else None
 
 

@@ -26,7 +26,7 @@ from mattransfer.data.table import PropertyTable
 from mattransfer.errors import ConfigError, LeakError
 from mattransfer.finetune import METHODS, MethodOptions, param_groups
 from mattransfer.graphs.build import GraphSettings
-from mattransfer.graphs.inputs import InputStore, cached_inputs
+from mattransfer.graphs.inputs import InputStore, cached_inputs, row_keys
 from mattransfer.models.domain import Domain
 from mattransfer.models.model import ModelConfig, TransferModel
 from mattransfer.training.latents import cached_latents
@@ -94,10 +94,9 @@ def execute(job: Job, data: Dataset, split: Split, *, source: TransferModel | No
     n_trainable = sum(p.numel() for g in groups for p in g["params"])
     log.info("%s: %d parameters, %d trainable; split %d/%d/%d", job.description,
              sum(p.numel() for p in model.parameters()), n_trainable, len(split.train), len(split.val), len(split.test))
-    # A frozen encoder's output is the same in every run: read it from, and add it to, the latent cache
-    # (a study worker's table has no structures to key it by: it encodes once per task).
-    if latent is None and "encoder" in model.frozen and objective is None and data.table.structures:
-        latent = cached_latents(model.to(device), data.table, data.inputs)
+    # A frozen encoder's output is the same in every run: read it from, and add it to, the latent cache.
+    if latent is None and "encoder" in model.frozen and objective is None and data.keys is not None:
+        latent = cached_latents(model.to(device), data.keys, data.inputs)
     fitted, metrics = train_and_test(
         model, data, split, job.training, groups, seed=job.seed, device=device, run_dir=run_dir, progress=progress,
         description=job.description, objective=objective, compile=compile, latent=latent,
@@ -130,10 +129,12 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass
 class Dataset:
-    """A loaded table with its encoder inputs: what every run on one dataset shares."""
+    """A loaded table with its encoder inputs: what every run on one dataset shares. ``keys``: each
+    row's content hash (`graphs.inputs.row_keys`), which the latent cache of frozen encoders reads."""
 
     table: PropertyTable
     inputs: InputStore
+    keys: list[str] | None = None
 
     def targets(self) -> torch.Tensor:
         return torch.from_numpy(self.table.y)
@@ -249,6 +250,11 @@ def check_inherit_head(pretrained: TransferModel, table: PropertyTable, options)
             f" {pretrained.target.get('name')!r} [{pretrained.target.get('unit')}], this run {table.target!r}"
             f" [{table.unit}]. Drop inherit_head to train a fresh head."
         )
+
+
+def dataset(model: TransferModel, table: PropertyTable, progress: bool = False) -> Dataset:
+    """``table`` with ``model``'s inputs (cached) and the rows' content hashes."""
+    return Dataset(table, featurize(model, table, progress=progress), row_keys(table, model.encoder.featurizer()))
 
 
 def featurize(model: TransferModel, table: PropertyTable, cache: bool = True, progress: bool = False) -> InputStore:

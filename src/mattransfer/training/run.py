@@ -29,7 +29,7 @@ from mattransfer.models.model import TransferModel, is_pretrained_name, load_sou
 from mattransfer.provenance import provenance
 from mattransfer.threads import set_threads
 from mattransfer.training.curves import plot_learning_curve
-from mattransfer.training.job import Dataset, Job, execute, featurize, resolve_device, run_log, training_domain
+from mattransfer.training.job import Job, dataset, execute, resolve_device, run_log, training_domain
 
 log = logging.getLogger("mattransfer")
 
@@ -103,8 +103,7 @@ def run(config: TrainConfig, progress: bool = True) -> dict:
         start = time.perf_counter()
         sources = DataSources.from_yaml(config.data_sources) if config.data_sources else DataSources.from_env()
         table, split = prepare_table(config.data, sources, config.seed)
-        data = Dataset(table, featurize(pretrained or TransferModel(config.model, config.graphs), table,
-                                        progress=progress))
+        data = dataset(pretrained or TransferModel(config.model, config.graphs), table, progress)
         split.to_json(run_dir / "split.json")
         origin = provenance()
         write_atomic(run_dir / "config.yaml", f"# mattransfer {origin['mattransfer_version']},"
