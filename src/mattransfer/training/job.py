@@ -81,7 +81,9 @@ def execute(job: Job, data: Dataset, split: Split, *, source: TransferModel | No
         check_inherit_head(base, data.table, options)
         torch.manual_seed(job.seed)  # scratch's initialisation and fresh heads depend on the seed alone
         model = METHODS[job.method][1](base, options)
-        if source is not None:  # after the method: scratch's fresh model has seen nothing
+        # After the method: scratch's fresh model has seen nothing. A package's pre-trained model records
+        # no training structures (CHGNet's MPtrj, the Materials Project): its overlap is unknown, not 0.
+        if source is not None and not source.provenance.get("pretrained"):
             overlap = check_test_overlap(model, data.table, split, allow=job.allow_test_overlap)
     groups = param_groups(model, options, job.training.lr)
     objective = None
