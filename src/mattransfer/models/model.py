@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
-import re
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ from mattransfer.graphs.build import GraphSettings
 from mattransfer.graphs.inputs import InputBatch, InputStore
 from mattransfer.models.domain import Domain
 from mattransfer.models.encoders import ENCODERS
-from mattransfer.models.encoders.base import PRETRAINED, pretrained_weights
+from mattransfer.models.encoders.base import PRETRAINED, load_weights_only, pretrained_weights
 from mattransfer.models.head import HeadConfig, MLPHead
 from mattransfer.models.lora import inject_lora
 
@@ -204,22 +202,7 @@ def load_source(source: str | Path, head: HeadConfig | None = None, pooling: str
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint's contents, loaded with ``weights_only``: anything but tensors and plain types is refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {path} not found.")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        refused = re.search(r"GLOBAL (\S+)", str(exc))  # torch names the global it would not import
-        if refused is None:
-            raise ConfigError(f"{path}: not a readable mattransfer checkpoint (corrupt pickle data).") from exc
-        raise ConfigError(
-            f"{path}: refused: the checkpoint holds {refused.group(1)}, not only tensors and plain types, and"
-            " could run code when loaded (mattransfer checkpoints never do)."
-        ) from exc
-    except Exception as exc:
-        reason = str(exc).split(". ")[0]  # torch adds paragraphs of advice
-        raise ConfigError(f"{path}: not a readable mattransfer checkpoint ({type(exc).__name__}: {reason}).") from exc
+    checkpoint = load_weights_only(Path(path), "mattransfer checkpoint")
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"{path}: not a mattransfer checkpoint of format {CHECKPOINT_FORMAT}.")
     return checkpoint
