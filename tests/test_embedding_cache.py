@@ -7,6 +7,8 @@ import copy
 import torch
 
 from mattransfer.finetune import METHODS, param_groups
+from mattransfer.models.model import TransferModel
+from mattransfer.training.run import run
 from mattransfer.training.trainer import Batches, EmbeddingBatches, TrainingOptions, fit
 
 
@@ -34,3 +36,23 @@ def test_cached_embeddings_match_the_unfused_path(pretrained, volume_data, volum
     for name, value in model.head.state_dict().items():
         torch.testing.assert_close(twin.head.state_dict()[name], value, atol=1e-5, rtol=1e-4)
     assert all(torch.equal(a, b) for a, b in zip(model.encoder.state_dict().values(), twin.encoder.state_dict().values()))
+
+
+def test_heads_runs_read_the_latent_cache_and_give_the_same_result(pretrained_ckpt, make_config, tmp_path, monkeypatch):
+    """A second `heads` run of the same encoder encodes nothing; another sample size encodes only its new rows."""
+    encoded = []
+    embed = TransferModel.embed
+    monkeypatch.setattr(TransferModel, "embed", lambda self, store, *a, **k: encoded.append(len(store)) or embed(self, store, *a, **k))
+    finetune = {"method": "heads", "read_from": str(pretrained_ckpt)}
+
+    def heads(name: str, n: int) -> dict:
+        return run(make_config(tmp_path / name, data={"dataset": "demo_volume", "n_samples": n}, finetune=finetune),
+                   progress=False)
+
+    first = heads("first", 60)
+    assert encoded and sum(encoded) >= first["n_train"] + first["n_val"] + first["n_test"]
+    encoded.clear()
+    second = heads("second", 60)
+    assert encoded == [] and second["test"] == first["test"]  # nothing encoded; identical predictions
+    bigger = heads("bigger", 80)  # the 80 samples hold the 60 (splits are nested) and the test set is fixed
+    assert sum(encoded) == 20

@@ -14,6 +14,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 import torch
+from pymatgen.core import Structure
 from torch import Tensor
 
 from mattransfer.data.table import PropertyTable
@@ -73,11 +74,25 @@ def inputs_hash(table: PropertyTable, featurizer: Featurizer) -> str:
     """Content hash of everything an input depends on: ids, lattices, species, positions, featurizer."""
     digest = hashlib.sha256(featurizer.key().encode())
     for row_id, structure in zip(table.ids, table.structures):
-        digest.update(row_id.encode())
-        digest.update(np.asarray(structure.atomic_numbers, dtype=np.int64).tobytes())
-        digest.update(structure.lattice.matrix.tobytes())
-        digest.update(structure.frac_coords.tobytes())
+        _add_row(digest, row_id, structure)
     return digest.hexdigest()[:20]
+
+
+def row_keys(table: PropertyTable, featurizer: Featurizer) -> list[str]:
+    """A content hash of each row's input (its id, structure and the featurizer), for per-row caches."""
+    keys = []
+    for row_id, structure in zip(table.ids, table.structures):
+        digest = hashlib.sha256(f"{featurizer.name}:{featurizer.key()}".encode())
+        _add_row(digest, row_id, structure)
+        keys.append(digest.hexdigest()[:24])
+    return keys
+
+
+def _add_row(digest: "hashlib._Hash", row_id: str, structure: Structure) -> None:
+    digest.update(row_id.encode())
+    digest.update(np.asarray(structure.atomic_numbers, dtype=np.int64).tobytes())
+    digest.update(structure.lattice.matrix.tobytes())
+    digest.update(structure.frac_coords.tobytes())
 
 
 def cached_inputs(table: PropertyTable, featurizer: Featurizer, progress: bool = True) -> InputStore:

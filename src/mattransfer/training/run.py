@@ -35,6 +35,7 @@ from mattransfer.models.model import TransferModel, is_pretrained_name, load_sou
 from mattransfer.provenance import provenance
 from mattransfer.threads import set_threads
 from mattransfer.training.curves import plot_learning_curve
+from mattransfer.training.latents import cached_latents
 from mattransfer.training.metrics import regression_metrics
 from mattransfer.training.trainer import Batches, EmbeddingBatches, FitResult, TrainingOptions, fit
 
@@ -242,12 +243,15 @@ def run(config: TrainConfig, progress: bool = True) -> dict:
                  n_trainable, len(split.train), len(split.val), len(split.test))
 
         description = f"{config.finetune.method if config.finetune else 'train'} {table.name}"
+        # A frozen encoder's output is the same in every run: read it from, and add it to, the latent cache.
+        latent = cached_latents(model.to(device), table, data.inputs) if "encoder" in model.frozen else None
         result, metrics = train_and_test(
-            model, data, split, config.training, groups, seed=config.seed,
-            device=device, run_dir=run_dir, progress=progress, description=description, compile=config.compile,
+            model, data, split, config.training, groups, seed=config.seed, device=device, run_dir=run_dir,
+            progress=progress, description=description, compile=config.compile, latent=latent,
         )
         train_pos = data.inputs.positions(split.train)
-        model.domain = training_domain(model, data.inputs, train_pos, table.y[train_pos.numpy()], config.seed)
+        model.domain = training_domain(model, data.inputs, train_pos, table.y[train_pos.numpy()], config.seed,
+                                       None if latent is None else latent[train_pos])
         model.provenance = origin
         model.cpu().save(run_dir / "model.ckpt", config=config.resolved())
         plot_learning_curve(result.history, result.best_epoch, table.unit, f"{description}: {table.target}",
@@ -269,10 +273,11 @@ def run(config: TrainConfig, progress: bool = True) -> dict:
 
 
 def training_domain(model: TransferModel, inputs: InputStore, train_pos: torch.Tensor, y_train: np.ndarray,
-                    seed: int) -> Domain:
-    """What `predict` compares new structures with (models/domain.py): elements, target range, latent vectors."""
+                    seed: int, latent: torch.Tensor | None = None) -> Domain:
+    """What `predict` compares new structures with (models/domain.py): elements, target range, latent vectors
+    (``latent``: the training rows' vectors when the caller has them)."""
     subset = inputs.subset(train_pos)
-    latent = model.embed(subset)
+    latent = model.embed(subset) if latent is None else latent
     return Domain.fit(latent, set().union(*subset.elements()), y_train, seed=seed)
 
 

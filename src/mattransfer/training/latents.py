@@ -1,0 +1,64 @@
+"""Latent vectors of a frozen encoder, cached on disk per structure.
+
+A `heads` fine-tune trains only the head, so the encoder's output for a structure is the same in
+every such run: with a pre-trained universal encoder (CHGNet, SevenNet) computing it is most of the
+run. The cache holds, per encoder (a hash of its class, pooling and weights), the vector of every
+structure it has seen, keyed by the structure's content: another seed or sample size of the same
+dataset encodes only the structures not seen before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from mattransfer.data.table import PropertyTable
+from mattransfer.fileio import atomic_path
+from mattransfer.graphs.inputs import InputStore, row_keys
+from mattransfer.models.model import TransferModel
+from mattransfer.paths import cache_dir, touch
+
+log = logging.getLogger(__name__)
+
+
+def encoder_hash(model: TransferModel) -> str:
+    """Identity of what the encoder computes: its class, options and every weight and buffer."""
+    digest = hashlib.sha256(f"{type(model.encoder).__name__}:{model.config.encoder}".encode())
+    for name, tensor in sorted(model.encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
+def cached_latents(model: TransferModel, table: PropertyTable, inputs: InputStore, batch_size: int = 256) -> Tensor:
+    """The encoder's output (len(inputs), out_dim) for every row of ``inputs`` (rows of ``table``),
+    encoding only the structures the cache lacks. The model's device does the encoding; the result is on it."""
+    path = cache_file(model)
+    keys = row_keys(table, model.encoder.featurizer())
+    known: dict[str, Tensor] = {}
+    if path.exists():
+        touch(path)
+        stored = torch.load(path, weights_only=True)
+        known = dict(zip(stored["keys"], stored["latent"]))
+    missing = [k for k, key in enumerate(keys) if key not in known]
+    if missing:
+        start = time.perf_counter()
+        fresh = model.embed(inputs.subset(torch.tensor(missing)), batch_size=batch_size).cpu()
+        known.update(zip((keys[k] for k in missing), fresh))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            torch.save({"keys": list(known), "latent": torch.stack(list(known.values()))}, tmp)
+        log.info("encoded %d structures of %s in %.1f s (%d from the latent cache)", len(missing), table.name,
+                 time.perf_counter() - start, len(keys) - len(missing))
+    device = model.target_mean.device
+    return torch.stack([known[key] for key in keys]).to(device)
+
+
+def cache_file(model: TransferModel) -> Path:
+    """Where ``model``'s encoder keeps its latent vectors."""
+    return cache_dir() / "latents" / f"{encoder_hash(model)}.pt"
