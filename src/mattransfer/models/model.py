@@ -117,6 +117,9 @@ class TransferModel(nn.Module):
         """Freeze the encoder and give its linear layers low-rank adapters."""
         self.freeze(["encoder"])
         wrapped = inject_lora(self.encoder, rank, alpha)
+        if not wrapped:  # else lora would silently train the head alone, i.e. be `heads`
+            raise ConfigError(f"lora: the {type(self.encoder).__name__} encoder has no torch.nn.Linear or PyG Linear"
+                              " layers to adapt (e.g. its linears are e3nn's); use heads, freeze or full.")
         self.frozen.remove("encoder")  # adapters train; base weights stay frozen by requires_grad
         for name in self.encoder_norm_layers():
             self.frozen.append(name)
