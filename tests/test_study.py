@@ -417,3 +417,25 @@ def test_cli_and_study_run_the_same_job_to_the_same_metrics(tiny_study, tmp_path
         # as JSON: an R² of one validation sample is NaN, which is not equal to itself
         assert json.dumps([cli[part] for part in ("train", "val", "test")]) == json.dumps([result[p] for p in ("train", "val", "test")])
         assert cli["best_epoch"] == result["best_epoch"] and cli["n_test"] == result["n_test"]
+
+
+def test_a_package_model_is_a_part1_source_with_its_own_inputs(tmp_path):
+    """`part1.universal` adds a package's pre-trained model as a source of every dataset: its fine-tunes
+    read inputs prepared with its own featurizer, share the scratch baselines, and reach the report."""
+    from mattransfer.report import write_report
+
+    name = "cgcnn-mp:formation-energy"
+    universal = spec(part1={"methods": ["heads"], "universal": [name]}, part4={"enabled": False},
+                     finetune_sizes=[12])
+    summary = run_study(universal, tmp_path / "u", workers=1, progress=False)
+    assert summary["failed"] == 0 and summary["done"] == summary["tasks"]
+    table = results(tmp_path / "u")
+    tuned = table[table["source"] == name]
+    assert sorted(tuned["target"]) == ["demo_energy", "demo_volume"] and (tuned["status"] == "done").all()
+    assert tuned["test_same_structure"].isna().all()  # what the package's model trained on is not recorded
+    # its prepared inputs are its own featurizer's, for the rows Part 1 uses only
+    prepared = sorted((tmp_path / "u" / "data").glob(f"demo_volume@{name}-*"))
+    assert len(prepared) == 1 and json.loads((prepared[0] / "split_ids.json").read_text())
+    assert name in write_report(tmp_path / "u").read_text()
+    with pytest.raises(ValueError, match="available: .*chgnet:0.3.0"):  # pydantic's ValidationError
+        spec(part1={"universal": ["nosuch:1"]})
