@@ -105,7 +105,8 @@ def test_blocks_train_with_gradients_and_lora_wraps_chgnet_linears(chgnet):
     store = CHGNetGraphs(6.0, 3.0).build(_table(_crystals()[:4]), progress=False)
     batch = store.batch(torch.arange(4))
     assert chgnet.encoder.blocks() == ["embedding", *(f"interactions.{i}" for i in range(4))]
-    before = chgnet(batch).detach()
+    chgnet.eval()
+    before = chgnet.encoder(batch).detach()  # the encoder's: a training pass moves the head's batch-norm statistics
 
     chgnet.train()
     chgnet(batch).sum().backward()
@@ -116,7 +117,7 @@ def test_blocks_train_with_gradients_and_lora_wraps_chgnet_linears(chgnet):
     assert all(isinstance(chgnet.encoder.get_submodule(name), LoRALinear) for name in wrapped)
     chgnet.zero_grad()
     chgnet.eval()
-    torch.testing.assert_close(chgnet(batch), before)  # adapters start at zero
+    torch.testing.assert_close(chgnet.encoder(batch), before)  # adapters start at zero
     chgnet.train()
     chgnet(batch).sum().backward()
     trained = [n for n, p in chgnet.encoder.named_parameters() if p.grad is not None]
@@ -174,3 +175,11 @@ def test_an_element_chgnet_lacks_is_one_line_naming_structure_and_element(chgnet
 def test_an_unknown_pretrained_name_lists_the_available_ones():
     with pytest.raises(ConfigError, match=r"'chgnet:9\.9'.*available: .*chgnet:0\.3\.0"):
         pretrained_weights("chgnet:9.9")
+
+
+def test_a_package_model_gets_a_head_that_standardises_its_features_unless_the_options_give_one():
+    from mattransfer.models.head import HeadConfig
+
+    assert isinstance(TransferModel.from_pretrained("chgnet:0.3.0").head[0], torch.nn.BatchNorm1d)
+    plain = TransferModel.from_pretrained("chgnet:0.3.0", HeadConfig(hidden=[8]))
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in plain.head)

@@ -178,11 +178,12 @@ class TransferModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name: str, head: HeadConfig | None = None, pooling: str | None = None) -> TransferModel:
-        """A package's pre-trained encoder (`register_pretrained`) under a fresh ``head``; ``pooling``
-        overrides the encoder's default (pooling is no weight: any choice keeps the pre-training)."""
+        """A package's pre-trained encoder (`register_pretrained`) under a fresh ``head`` (default: an MLP
+        that standardises its input features); ``pooling`` overrides the encoder's default (pooling is no
+        weight: any choice keeps the pre-training)."""
         options, state = pretrained_weights(name)
         options = {**options, **({"pooling": pooling} if pooling else {})}
-        model = cls(ModelConfig(encoder=options, head=head or HeadConfig()), GraphSettings())
+        model = cls(ModelConfig(encoder=options, head=head or HeadConfig(input_norm=True)), GraphSettings())
         model.encoder.load_state_dict(state)
         model.target = {"dataset": "", "name": f"pre-trained {name}", "unit": ""}
         model.provenance = {"pretrained": name}

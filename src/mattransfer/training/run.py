@@ -149,8 +149,8 @@ def _load_pretrained(config: TrainConfig) -> TransferModel:
     source = config.finetune.read_from
     if not is_pretrained_name(source):
         return load_source(source)
-    head = config.model.head if "model" in config.model_fields_set else None
     given = config.model.encoder if "model" in config.model_fields_set else {}
+    head = config.model.head if "head" in config.model.model_fields_set else None
     model = load_source(source, head)
     if given.get("name") == model.config.encoder["name"] and given.get("pooling") != model.encoder.pooling:
         model = load_source(source, head, given["pooling"])
