@@ -4,11 +4,13 @@ Each run is ``mattransfer train`` (a subprocess, so one failing run does not sto
 file written into ``<runs-dir>/<target>_n<n>_<method>_<pooling>_s<seed>/``, on the fixed test set of each
 target (``test_fraction`` 0.1, ``test_seed`` 0, the defaults). The CSV gets one row per finished run:
 
-    target,n,seed,encoder,method,pooling,test_mae,n_test,unit,wall_s
+    target,n,seed,encoder,method,pooling,head,test_mae,n_test,unit,wall_s
 
 ``wall_s`` is the whole command (start-up, data, featurizing or cache reads, training, testing). Rows
 already in the CSV are skipped, so the same command resumes after an interruption and regenerates the
-file when it is deleted. ``pooling`` is ``--pooling`` or the source's own, read back from each run's checkpoint.
+file when it is deleted. ``pooling`` is ``--pooling`` or the source's own, read back from each run's checkpoint;
+``head`` is ``norm`` when the head standardises its input features (``head.input_norm``, the default for a
+package's pre-trained model since it was measured), else ``plain`` (rows written before it have no head column).
 
 Example (the CHGNet rows of docs/results/model-zoo/runs_chgnet.csv; commands in bench/README.md):
     OMP_NUM_THREADS=1 python bench/zoo_runs.py --source chgnet:0.3.0 --method heads \\
@@ -30,16 +32,17 @@ import yaml
 
 from mattransfer.models.model import load_source, read_checkpoint
 
-COLUMNS = ["target", "n", "seed", "encoder", "method", "pooling", "test_mae", "n_test", "unit", "wall_s"]
+COLUMNS = ["target", "n", "seed", "encoder", "method", "pooling", "head", "test_mae", "n_test", "unit", "wall_s"]
+KEY = COLUMNS[:7]
 SHARED_SOURCES = Path(__file__).parents[1] / "configs" / "shared-data.yaml"
 
 
 def done_runs(out: Path) -> set[tuple[str, ...]]:
-    """(target, n, seed, encoder, method, pooling) of the rows already written."""
+    """(target, n, seed, encoder, method, pooling, head) of the rows already written."""
     if not out.exists():
         return set()
     with out.open() as f:
-        return {tuple(row[c] for c in COLUMNS[:6]) for row in csv.DictReader(f)}
+        return {tuple(row.get(c) or "plain" for c in KEY) for row in csv.DictReader(f)}
 
 
 def run_one(args: argparse.Namespace, pooling: str, target: str, n: int, seed: int) -> dict | None:
@@ -64,9 +67,9 @@ def run_one(args: argparse.Namespace, pooling: str, target: str, n: int, seed: i
         print(f"  FAILED {name}: {(done.stderr or done.stdout).strip().splitlines()[-1:]}", flush=True)
         return None
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    pooling = read_checkpoint(run_dir / "model.ckpt")["model"]["encoder"]["pooling"]  # what the run used
+    model = read_checkpoint(run_dir / "model.ckpt")["model"]  # what the run used
     return {"target": target, "n": n, "seed": seed, "encoder": args.source, "method": args.method,
-            "pooling": pooling, "test_mae": f"{metrics['test']['mae']:.6g}", "n_test": metrics["n_test"],
+            "pooling": model["encoder"]["pooling"], "head": "norm" if model["head"].get("input_norm") else "plain", "test_mae": f"{metrics['test']['mae']:.6g}", "n_test": metrics["n_test"],
             "unit": metrics["unit"], "wall_s": f"{wall:.1f}"}
 
 
@@ -87,11 +90,13 @@ def main() -> None:
     args = parser.parse_args()
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    pooling = args.pooling or load_source(args.source).encoder.pooling  # the rows' key names it either way
+    source = load_source(args.source)  # the rows' key names its pooling and head either way
+    pooling = args.pooling or source.encoder.pooling
+    head = "norm" if source.config.head.input_norm else "plain"
     for target in args.targets:
         for n in args.sizes:
             for seed in args.seeds:
-                if (target, str(n), str(seed), args.source, args.method, pooling) in done_runs(args.out):
+                if (target, str(n), str(seed), args.source, args.method, pooling, head) in done_runs(args.out):
                     continue
                 row = run_one(args, pooling, target, n, seed)
                 if row is None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-KEYS = ["encoder", "method", "pooling", "target", "n"]
+KEYS = ["encoder", "method", "pooling", "head", "target", "n"]
 
 
 def summary(frame: pd.DataFrame) -> pd.DataFrame:
@@ -24,11 +24,11 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown(table: pd.DataFrame) -> str:
-    lines = ["| encoder | method | pooling | target | n | test MAE | unit | seeds | n_test | wall s (median) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| encoder | method | pooling | head | target | n | test MAE | unit | seeds | n_test | wall s (median) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in table.itertuples():
         mae = f"{row.mae:.4g} ± {row.std:.2g}" if row.seeds > 1 else f"{row.mae:.4g} (one run)"
-        lines.append(f"| {row.encoder} | {row.method} | {row.pooling} | {row.target} | {row.n} | {mae} | {row.unit}"
+        lines.append(f"| {row.encoder} | {row.method} | {row.pooling} | {row.head} | {row.target} | {row.n} | {mae} | {row.unit}"
                      f" | {row.seeds} | {row.n_test} | {row.wall_s:.0f} |")
     return "\n".join(lines)
 
@@ -37,7 +37,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("csv", nargs="+", type=Path)
     args = parser.parse_args()
-    print(markdown(summary(pd.concat([pd.read_csv(path) for path in args.csv], ignore_index=True))))
+    frame = pd.concat([pd.read_csv(path) for path in args.csv], ignore_index=True)
+    frame["head"] = frame["head"].fillna("plain") if "head" in frame else "plain"  # rows from before the column
+    print(markdown(summary(frame)))
 
 
 if __name__ == "__main__":
