@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -80,13 +81,15 @@ def test_no_fold_test_id_reaches_training():
         assert set(split.test) == set(test)
 
 
-def test_rerun_keeps_finished_folds(fold0, tmp_path, capsys):
-    finished = {name: os.stat(fold0 / "fold_0" / name).st_mtime_ns for name in ("metrics.json", "model.ckpt")}
-    options = _options(tmp_path)
-    assert main(["--threads", "1", "-q", "matbench", "matbench_phonons", "--options", str(options),
-                 "--out", str(fold0), "--folds", "0"]) == 0
-    assert {name: os.stat(fold0 / "fold_0" / name).st_mtime_ns for name in finished} == finished
-    assert "fold 0" in capsys.readouterr().out
+def test_rerun_keeps_finished_folds_and_summarises_every_finished_fold(fold0, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(fold0, out)  # copy2: modification times kept
+    finished = {name: os.stat(out / "fold_0" / name).st_mtime_ns for name in ("metrics.json", "model.ckpt")}
+    assert main(["--threads", "1", "-q", "matbench", "matbench_phonons", "--options", str(_options(tmp_path)),
+                 "--out", str(out), "--folds", "0", "1"]) == 0
+    assert {name: os.stat(out / "fold_0" / name).st_mtime_ns for name in finished} == finished
+    assert [fold["fold"] for fold in json.loads((out / "folds.json").read_text())] == [0, 1]
+    assert "mean ± std (n = 2 folds)" in (out / "results.md").read_text()
 
 
 def test_unknown_task_is_a_one_line_error_listing_the_tasks(tmp_path, capsys):

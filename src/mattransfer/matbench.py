@@ -159,7 +159,8 @@ class FoldResult:
 def run_matbench(task_name: str, options: Path | None, out: Path, *, folds: list[int] | None = None,
                  data_sources: Path | None = None, overrides: dict[str, Any] | None = None, command: str = "",
                  progress: bool = True) -> list[FoldResult]:
-    """Run the task's folds not yet finished under ``out``; write ``results.md`` and ``results.json``.
+    """Run the task's folds not yet finished under ``out``; write ``results.md`` and ``results.json`` of every
+    fold finished there, and return those folds' results.
 
     ``overrides``: options the command line gives (device, threads), over the options file's.
     """
@@ -179,16 +180,13 @@ def run_matbench(task_name: str, options: Path | None, out: Path, *, folds: list
     out.mkdir(parents=True, exist_ok=True)
     present = set(table.ids)
     folds_ids = fold_ids(task.name)
-    results: list[FoldResult] = []
     for position, fold in enumerate(folds, start=1):
         run_dir = out / f"fold_{fold}"
         if (run_dir / "metrics.json").exists():
-            result = FoldResult.read(fold, run_dir)
-            log.info("fold %d (%d/%d): finished earlier, kept: test MAE %.4g %s", fold, position, len(folds),
-                     result.metrics["test"]["mae"], table.unit)
-            results.append(result)
+            log.info("fold %d (%d/%d): finished earlier, kept", fold, position, len(folds))
             continue
         train_ids, test_ids = folds_ids[fold]
+        # Each fold its own seed (validation draw and initialisation): the folds are independent runs.
         split = fold_split(train_ids, test_ids, present, config.data.val_fraction, config.seed + fold)
         log.info("fold %d (%d/%d): %d train, %d val, %d test (%d test ids not in %s)", fold, position, len(folds),
                  len(split.train), len(split.val), len(split.test), len(test_ids) - len(split.test), table.source)
@@ -198,7 +196,9 @@ def run_matbench(task_name: str, options: Path | None, out: Path, *, folds: list
         metrics = run(fold_config, progress, prepared=(used, split))
         log.info("fold %d (%d/%d) done in %.0f s: test MAE %.4g %s", fold, position, len(folds),
                  time.perf_counter() - start, metrics["test"]["mae"], table.unit)
-        results.append(FoldResult.read(fold, run_dir))
+    # The summaries cover every finished fold under ``out``, also those an earlier `--folds` ran.
+    results = [FoldResult.read(k, out / f"fold_{k}") for k in range(N_FOLDS)
+               if (out / f"fold_{k}" / "metrics.json").exists()]
     complete = len(table) == n_samples(task.name)
     # The package reads back (and the leaderboard takes) a task with all five folds recorded only.
     official = complete and len(results) == N_FOLDS
@@ -229,7 +229,7 @@ def write_official(task: str, frame: pd.DataFrame, results: list[FoldResult], pa
     package_task = benchmark.tasks_map[task]
     metadata = mbv01_metadata[task]
     package_task.df = frame[[metadata.input_type, metadata.target]]
-    for result in sorted(results, key=lambda r: r.fold):
+    for result in results:
         test_ids = package_task.validation[package_task.folds_map[result.fold]].test
         predicted = result.predictions.set_index("id")["y_pred"]
         package_task.record(result.fold, predicted.loc[list(test_ids)].to_numpy(),
@@ -251,7 +251,7 @@ def results_markdown(task: MatbenchTask, table: PropertyTable, results: list[Fol
         lines += [f"**partial: {len(table):,} of {n_samples(task.name):,} rows, not leaderboard-comparable**", ""]
     lines += [f"| fold | n train | n val | n test | MAE ({unit}) | RMSE ({unit}) | R² | epochs (best) | wall s |",
               "|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(results, key=lambda r: r.fold):
+    for r in results:
         m, test = r.metrics, r.metrics["test"]
         lines.append(f"| {r.fold} | {m['n_train']} | {m['n_val']} | {m['n_test']} | {test['mae']:.4g} |"
                      f" {test['rmse']:.4g} | {test['r2']:.3f} | {m['epochs_run']} ({m['best_epoch']}) |"
