@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # reports state the command that made them
     _setup_logging(args.quiet)
     # Commands that run a model get the measured default; listing datasets or the cache never loads torch.
-    if args.command in ("train", "eval", "predict", "demo", "rank-sources") or (args.threads and args.command == "study"):
+    if args.command in ("train", "eval", "predict", "demo", "rank-sources", "matbench") or (args.threads and args.command == "study"):
         from mattransfer.threads import set_threads
 
         set_threads(args.threads)
@@ -153,6 +153,24 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--seed", type=int, default=0, help="seed of the fine-tune subset (default: 0)")
     rank.add_argument("--data-sources", type=Path, help="data-sources YAML (default: $MATTRANSFER_DATA_SOURCES)")
     rank.set_defaults(handler=_rank_sources)
+
+    matbench = commands.add_parser(
+        "matbench", help="the official Matbench v0.1 protocol: five folds, results.md and the official results.json",
+        description="Train and test one model per fold of a Matbench v0.1 task (the matbench package's folds;"
+                    " a seeded data.val_fraction of each fold's train ids stops early), then write OUT/results.md"
+                    " (per fold and mean ± std, beside the leaderboard) and OUT/results.json (the matbench"
+                    " package's format). Finished folds are kept: rerun the same command to resume.")
+    matbench.add_argument("task", help="matbench_phonons, matbench_dielectric, matbench_log_gvrh or matbench_expt_gap")
+    matbench.add_argument("--options", type=Path, help="options YAML as for `train` (model, training, finetune …);"
+                                                       " its data section may only hold val_fraction (default: the"
+                                                       " default model and training)")
+    matbench.add_argument("--out", type=Path, required=True, help="results directory (one run directory per fold)")
+    matbench.add_argument("--folds", type=int, nargs="+", metavar="K", help="only these folds (0-4; default: all five)")
+    matbench.add_argument("--data-sources", type=Path, help="data-sources YAML whose data_dir holds the task's file"
+                                                            " (default: the options' data_sources, else"
+                                                            " $MATTRANSFER_DATA_SOURCES; none: matbench downloads it)")
+    matbench.add_argument("--device", help="override device: auto, cpu, cuda, cuda:1 …")
+    matbench.set_defaults(handler=_matbench)
 
     report = commands.add_parser("report", help="write the study's Markdown/HTML report with figures")
     report.add_argument("study_dir", type=Path, help="the study directory given to `study run --out`")
@@ -462,6 +480,17 @@ def _select(args: argparse.Namespace) -> None:
     print(selected.to_string(index=False, float_format=lambda v: f"{v:.4g}") if len(selected) else
           "no candidate between the trust levels: nothing to label (the loop has converged)")
     print(f"{len(selected)} picked; run directory {config.output_dir} (selected.csv, pool.csv, selection.json)")
+
+
+def _matbench(args: argparse.Namespace) -> None:
+    from mattransfer.matbench import run_matbench
+
+    overrides = {k: v for k, v in (("device", args.device), ("threads", args.threads)) if v is not None}
+    results = run_matbench(args.task, args.options, args.out, folds=args.folds, data_sources=args.data_sources,
+                           overrides=overrides, command="mattransfer " + shlex.join(args.argv),
+                           progress=not args.quiet)
+    maes = ", ".join(f"fold {r.fold} {r.metrics['test']['mae']:.4g}" for r in results)
+    print(f"{args.task}: test MAE {maes}; {args.out / 'results.md'}")
 
 
 def _report(args: argparse.Namespace) -> None:

@@ -89,8 +89,12 @@ def _refuse_training_structures(other: PropertyTable, train: PropertyTable) -> N
                         f" {train.source} (e.g. {shared['examples'][:3]}); remove them from one of the two.")
 
 
-def run(config: TrainConfig, progress: bool = True) -> dict:
-    """Run the training the options describe; write and return its metrics."""
+def run(config: TrainConfig, progress: bool = True, prepared: tuple[PropertyTable, Split] | None = None) -> dict:
+    """Run the training the options describe; write and return its metrics.
+
+    ``prepared``: the rows and split to train on, when the caller draws them (a Matbench fold) instead
+    of the options' ``data`` section.
+    """
     device = resolve_device(config.device)  # before any work or file: a missing GPU fails at once
     pretrained = _load_pretrained(config) if config.finetune else None
     if pretrained is not None:
@@ -101,8 +105,10 @@ def run(config: TrainConfig, progress: bool = True) -> dict:
         set_threads(config.threads)
     with run_log(run_dir):
         start = time.perf_counter()
-        sources = DataSources.from_yaml(config.data_sources) if config.data_sources else DataSources.from_env()
-        table, split = prepare_table(config.data, sources, config.seed)
+        if prepared is None:
+            sources = DataSources.from_yaml(config.data_sources) if config.data_sources else DataSources.from_env()
+            prepared = prepare_table(config.data, sources, config.seed)
+        table, split = prepared
         data = dataset(pretrained or TransferModel(config.model, config.graphs), table, progress)
         split.to_json(run_dir / "split.json")
         origin = provenance()

@@ -1,0 +1,145 @@
+"""`mattransfer matbench`: the matbench package's folds, no test id in training, resumable folds, the
+official results file. Tiny models on the real matbench_phonons copy, fold 0 only (seconds)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from mattransfer.cli import main
+from mattransfer.data.registry import DataSources
+from mattransfer.data.splits import Split
+from mattransfer.matbench import TASKS, FoldResult, fold_ids, fold_split, load_task, task_file, write_official
+
+from conftest import GRAPHS, SHARED_DATA
+
+pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"offline datasets not at {SHARED_DATA}")
+
+TINY = {
+    "graphs": GRAPHS,
+    "model": {"encoder": {"name": "cgcnn", "hidden": 8, "n_layers": 1, "n_gaussians": 8}, "head": {"hidden": [8]}},
+    "training": {"max_epochs": 2, "batch_size": 64},
+}
+
+
+def _options(tmp_path: Path, name: str = "options.yaml", **extra) -> Path:
+    sources = tmp_path / "sources.yaml"
+    sources.write_text(yaml.safe_dump({"data_dir": str(SHARED_DATA)}))
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({**TINY, "data_sources": str(sources), **extra}))
+    return path
+
+
+def _package_folds(task: str) -> list[tuple[list[str], list[str]]]:
+    """The folds straight from the package's validation file, not through mattransfer."""
+    import matbench
+
+    splits = json.loads((Path(matbench.__file__).parent / "matbench_v0.1_validation.json").read_text())["splits"]
+    return [(splits[task][f"fold_{k}"]["train"], splits[task][f"fold_{k}"]["test"]) for k in range(5)]
+
+
+@pytest.fixture(scope="module")
+def fold0(tmp_path_factory) -> Path:
+    """One tiny run of fold 0 of matbench_phonons."""
+    tmp = tmp_path_factory.mktemp("matbench")
+    out = tmp / "out"
+    assert main(["--threads", "1", "-q", "matbench", "matbench_phonons", "--options", str(_options(tmp)),
+                 "--out", str(out), "--folds", "0"]) == 0
+    return out
+
+
+def test_folds_are_the_packages():
+    assert fold_ids("matbench_phonons") == _package_folds("matbench_phonons")
+
+
+def test_fold_run_trains_on_the_folds_train_ids_and_tests_on_its_test_ids(fold0):
+    train, test = _package_folds("matbench_phonons")[0]
+    split = Split.from_json(fold0 / "fold_0" / "split.json")
+    assert sorted(split.test) == sorted(test)
+    assert sorted(split.train + split.val) == sorted(train)
+    assert len(split.val) == round(0.1 * len(train))
+    predicted = FoldResult.read(0, fold0 / "fold_0").predictions
+    assert sorted(predicted["id"]) == sorted(test)
+    markdown = (fold0 / "results.md").read_text()
+    assert "1 of 5 folds finished" in markdown and "| MEGNet | 28.76 |" in markdown
+    assert not (fold0 / "results.json").exists()  # the package records a task with all five folds only
+
+
+def test_no_fold_test_id_reaches_training():
+    _, table = load_task(TASKS["matbench_phonons"], task_file(TASKS["matbench_phonons"], DataSources(data_dir=SHARED_DATA)))
+    present = set(table.ids)
+    for fold, (train, test) in enumerate(fold_ids("matbench_phonons")):
+        split = fold_split(train, test, present, 0.1, seed=fold)
+        assert not set(test) & (set(split.train) | set(split.val))
+        assert set(split.test) == set(test)
+
+
+def test_rerun_keeps_finished_folds_and_summarises_every_finished_fold(fold0, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(fold0, out)  # copy2: modification times kept
+    finished = {name: os.stat(out / "fold_0" / name).st_mtime_ns for name in ("metrics.json", "model.ckpt")}
+    assert main(["--threads", "1", "-q", "matbench", "matbench_phonons", "--options", str(_options(tmp_path)),
+                 "--out", str(out), "--folds", "0", "1"]) == 0
+    assert {name: os.stat(out / "fold_0" / name).st_mtime_ns for name in finished} == finished
+    assert [fold["fold"] for fold in json.loads((out / "folds.json").read_text())] == [0, 1]
+    assert "mean ± std (n = 2 folds)" in (out / "results.md").read_text()
+
+
+def test_unknown_task_is_a_one_line_error_listing_the_tasks(tmp_path, capsys):
+    assert main(["matbench", "matbench_nope", "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "matbench_nope" in error
+    assert all(task in error for task in TASKS)
+
+
+def test_options_may_not_choose_the_data(tmp_path, capsys):
+    options = _options(tmp_path, data={"dataset": "phonons"})
+    assert main(["matbench", "matbench_phonons", "--options", str(options), "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "data.dataset" in error and str(options) in error
+
+
+def test_composition_only_task_is_a_one_line_error(tmp_path, capsys):
+    assert main(["matbench", "matbench_expt_gap", "--options", str(_options(tmp_path)), "--out", str(tmp_path / "o")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "composition-only" in error
+
+
+def test_finetune_from_a_checkpoint(fold0, tmp_path):
+    """A fine-tune options file runs per fold; a source that trained on a fold's test ids is refused."""
+    finetune = {"method": "heads", "read_from": str(fold0 / "fold_0" / "model.ckpt")}
+    options = _options(tmp_path, finetune=finetune)
+    assert main(["--threads", "1", "-q", "matbench", "matbench_phonons", "--options", str(options),
+                 "--out", str(tmp_path / "same"), "--folds", "0"]) == 0
+    metrics = json.loads((tmp_path / "same" / "fold_0" / "metrics.json").read_text())
+    assert metrics["method"] == "heads" and metrics["test_in_pretraining"]["same_structure"] == 0
+    # Fold 0's training ids hold fold 1's test ids: a fine-tune from it on fold 1 would test on them.
+    assert main(["--threads", "1", "-q", "matbench", "matbench_phonons", "--options", str(options),
+                 "--out", str(tmp_path / "leak"), "--folds", "1"]) == 2
+    assert not (tmp_path / "leak" / "fold_1" / "metrics.json").exists()
+
+
+def test_official_results_file_reads_back_with_the_packages_scores(tmp_path):
+    """Predictions off by exactly 1 on every test id of every fold: the package must score MAE 1."""
+    from matbench.bench import MatbenchBenchmark
+
+    from mattransfer.config import TrainConfig
+
+    task = TASKS["matbench_phonons"]
+    frame, table = load_task(task, task_file(task, DataSources(data_dir=SHARED_DATA)))
+    y = dict(zip(table.ids, table.y))
+    results = [FoldResult(fold, {"epochs_run": 2, "best_epoch": 1},
+                          pd.DataFrame({"id": test, "y_pred": [y[i] + 1.0 for i in test]}))
+               for fold, (_, test) in enumerate(fold_ids(task.name))]
+    path = tmp_path / "results.json"
+    write_official(task.name, frame, results, path, TrainConfig.model_validate({"data": {"dataset": "phonons"}}))
+    benchmark = MatbenchBenchmark.from_file(str(path))
+    scores = benchmark.tasks_map[task.name].scores
+    assert np.isclose(scores["mae"]["mean"], 1.0) and np.isclose(scores["mae"]["std"], 0.0)
