@@ -1,9 +1,12 @@
 """Mean ± std over seeds of the model-zoo CSVs that bench/zoo_runs.py writes, as a markdown table.
 
-One row per (encoder, method, pooling, target, n): test MAE mean ± std (sample std over seeds), the
+One row per (encoder, method, pooling, head, target, n): test MAE mean ± std (sample std over seeds), the
 number of seeds, n_test and the median wall seconds of one run. A cell of one seed is marked "one run".
+``--wide``: one row per model, one column per (target, n). CSVs of bench/recipe.py (in-house CGCNN
+trained from scratch with a named recipe) join as encoder ``cgcnn (<recipe>)``, method ``scratch``.
 
     python bench/zoo_summary.py docs/results/model-zoo/runs_chgnet.csv
+    python bench/zoo_summary.py --wide bench/results/recipe_runs.csv docs/results/model-zoo/runs_*.csv
 """
 
 from __future__ import annotations
@@ -33,13 +36,37 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def wide(table: pd.DataFrame) -> str:
+    """One row per model, one column per (target, n): mean ± std (seeds)."""
+    table = table.assign(model=table["encoder"] + " " + table["method"] + " " + table["pooling"] + " " + table["head"],
+                         cell=[f"{m:.3g} ± {s:.2g}" if k > 1 else f"{m:.3g} (one run)"
+                               for m, s, k in zip(table["mae"], table["std"], table["seeds"])])
+    columns = sorted({(t, n) for t, n in zip(table["target"], table["n"])})
+    cells = table.set_index(["model", "target", "n"])["cell"]
+    units = table.groupby("target")["unit"].first()
+    lines = ["| model | " + " | ".join(f"{t} {n} [{units[t]}]" for t, n in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    for model in dict.fromkeys(table["model"]):
+        lines.append(f"| {model} | " + " | ".join(cells.get((model, t, n), "") for t, n in columns) + " |")
+    return "\n".join(lines)
+
+
+def read(path: Path) -> pd.DataFrame:
+    frame = pd.read_csv(path)
+    if "recipe" in frame:  # bench/recipe.py: in-house CGCNN from scratch
+        frame = frame.assign(encoder="cgcnn (" + frame["recipe"] + ")", method="scratch", pooling="mean")
+    frame["head"] = frame["head"].fillna("plain") if "head" in frame else "plain"  # rows from before the column
+    return frame[["target", "n", "seed", "encoder", "method", "pooling", "head", "test_mae", "n_test", "unit",
+                  "wall_s"]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("csv", nargs="+", type=Path)
+    parser.add_argument("--wide", action="store_true", help="one row per model, one column per target and size")
     args = parser.parse_args()
-    frame = pd.concat([pd.read_csv(path) for path in args.csv], ignore_index=True)
-    frame["head"] = frame["head"].fillna("plain") if "head" in frame else "plain"  # rows from before the column
-    print(markdown(summary(frame)))
+    table = summary(pd.concat([read(path) for path in args.csv], ignore_index=True))
+    print(wide(table) if args.wide else markdown(table))
 
 
 if __name__ == "__main__":
