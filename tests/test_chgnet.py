@@ -27,7 +27,7 @@ from mattransfer.models.encoders.base import pretrained_weights
 from mattransfer.models.encoders.chgnet import CHGNetGraphs, load_chgnet
 from mattransfer.models.lora import LoRALinear
 from mattransfer.models.model import TransferModel
-from mattransfer.training.run import featurize, predict_structures
+from mattransfer.training.job import featurize, predict_structures
 
 from conftest import SHARED_DATA, fcc, isolated_atom
 

@@ -27,11 +27,12 @@ class GraphBatch:
     distance: Tensor  # (n_edges,) Å
     batch: Tensor  # (n_atoms,) graph index of each atom
     num_graphs: int
+    edge_vec: Tensor | None = None  # (n_edges, 3) Å, for encoders that need directions (equivariant ones)
 
     def to(self, device: torch.device | str) -> GraphBatch:
         return GraphBatch(
             self.z.to(device), self.edge_index.to(device), self.distance.to(device),
-            self.batch.to(device), self.num_graphs,
+            self.batch.to(device), self.num_graphs, None if self.edge_vec is None else self.edge_vec.to(device),
         )
 
 
@@ -52,6 +53,7 @@ class GraphStore:
     distance: Tensor  # (E,) float32
     atom_ptr: Tensor  # (G + 1,) long
     edge_ptr: Tensor  # (G + 1,) long
+    edge_vec: Tensor | None = None  # (E, 3) float32, Å; its norm is ``distance``
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -71,6 +73,7 @@ class GraphStore:
             ids=[self.ids[k] for k in index.tolist()], z=self.z[atoms], edge_index=self.edge_index[:, edges],
             distance=self.distance[edges], atom_ptr=torch.cat([zero, torch.cumsum(n_atoms, 0)]),
             edge_ptr=torch.cat([zero, torch.cumsum(n_edges, 0)]),
+            edge_vec=None if self.edge_vec is None else self.edge_vec[edges],
         )
 
     def elements(self) -> list[set[int]]:
@@ -91,6 +94,7 @@ class GraphStore:
             distance=self.distance[edges],
             batch=torch.repeat_interleave(torch.arange(len(index)), n_atoms, output_size=atoms.numel()),
             num_graphs=len(index),
+            edge_vec=None if self.edge_vec is None else self.edge_vec[edges],
         )
 
     def save(self, path: Path) -> None:

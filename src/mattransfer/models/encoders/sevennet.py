@@ -1,0 +1,205 @@
+"""SevenNet-0 (Park et al., JCTC 2024; the 11Jul2024 weights): a NequIP-style E(3)-equivariant interatomic potential.
+
+The encoder is SevenNet's own modules up to its energy readout: the one-hot species embedding, then
+five interaction blocks (self-connection, linear, equivariant convolution, linear, gate). The last
+block outputs 128 scalars (l = 0) per atom, which SevenNet reduces to an atomic energy; those
+scalars are the atom features. The readout, per-species energy shift and the force/stress autograd
+are not part of the encoder: a property head replaces them, so positions never need gradients.
+
+Its input is SevenNet's own graph (``sevenn.train.dataload.unlabeled_atoms_to_graph``: every
+neighbour within its 5 Å cutoff, with the edge vectors), built once per dataset and cached.
+``sevenn`` is imported only when a SevenNet encoder is built or featurized, so ``import mattransfer``
+stays fast and a missing package is the one-line error of ``pretrained_weights``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+from rich.progress import Progress
+from torch import Tensor, nn
+
+from mattransfer.data.table import PropertyTable
+from mattransfer.graphs.build import GraphSettings, atomic_numbers
+from mattransfer.graphs.store import GraphBatch, GraphStore
+from mattransfer.models.encoders.base import Encoder, Pooling, register_encoder, register_pretrained
+
+log = logging.getLogger(__name__)
+
+SEVENNET_GRAPH_VERSION = 1  # bump when the stored graph changes for the same structures
+CHECKPOINT = "7net-0_11July2024"  # sevenn's name of the checkpoint in its wheel
+
+# SevenNet's modules that precede the interaction blocks, and the per-block modules, in its order.
+# The rest of its sequence (reduce_input_to_hidden onwards) is the energy readout.
+EMBEDDING_MODULES = ("edge_embedding", "onehot_idx_to_onehot", "onehot_to_feature_x")
+INTERACTION_MODULES = ("self_connection_intro", "self_interaction_1", "convolution", "self_interaction_2",
+                       "self_connection_outro", "equivariant_gate")
+
+
+@lru_cache(maxsize=1)
+def _checkpoint() -> Any:
+    """sevenn's `SevenNetCheckpoint` of SevenNet-0. Loaded with sevenn's loader, i.e. a full unpickle:
+    ``torch.load(weights_only=True)`` refuses the file (it pickles numpy arrays, a torch.device and the
+    optimizer state). It is the file shipped inside the installed sevenn wheel, not a download."""
+    from sevenn.util import load_checkpoint
+
+    return load_checkpoint(CHECKPOINT)
+
+
+def _cutoff() -> float:
+    return float(_checkpoint().config["cutoff"])
+
+
+def sevennet_graph(structure: Any, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(Z, edge_index (2, E), edge vectors (E, 3)) of one structure, by sevenn's own neighbour search."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+    from sevenn.train.dataload import unlabeled_atoms_to_graph
+
+    z = atomic_numbers(structure, where)  # refuses disordered and dummy sites with a one-line error
+    graph = unlabeled_atoms_to_graph(AseAtomsAdaptor.get_atoms(structure), _cutoff())
+    return z, np.asarray(graph["edge_index"], dtype=np.int64), np.asarray(graph["edge_vec"], dtype=np.float32)
+
+
+def build_sevennet_graphs(table: PropertyTable, progress: bool = True) -> GraphStore:
+    """SevenNet graphs of every structure in ``table`` (no cache)."""
+    z_parts, edge_parts, vec_parts = [], [], []
+    n_atoms = np.zeros(len(table) + 1, dtype=np.int64)
+    n_edges = np.zeros(len(table) + 1, dtype=np.int64)
+    start = time.perf_counter()
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"SevenNet graphs {table.name}", total=len(table))
+        for k, (row_id, structure) in enumerate(zip(table.ids, table.structures)):
+            z, edges, vectors = sevennet_graph(structure, f"{table.source}: structure {row_id!r}")
+            z_parts.append(z)
+            edge_parts.append(edges)
+            vec_parts.append(vectors)
+            n_atoms[k + 1], n_edges[k + 1] = len(z), edges.shape[1]
+            if k % 50 == 0:
+                bar.update(task, completed=k)
+    elapsed = time.perf_counter() - start
+    log.info("built %d SevenNet graphs of %s in %.1f s", len(table), table.name, elapsed)
+    edge_vec = torch.from_numpy(np.concatenate(vec_parts))
+    return GraphStore(
+        ids=list(table.ids),
+        z=torch.from_numpy(np.concatenate(z_parts)),
+        edge_index=torch.from_numpy(np.concatenate(edge_parts, axis=1)),
+        distance=edge_vec.norm(dim=1),
+        atom_ptr=torch.from_numpy(np.cumsum(n_atoms)),
+        edge_ptr=torch.from_numpy(np.cumsum(n_edges)),
+        edge_vec=edge_vec,
+    )
+
+
+class SevenNetGraph:
+    """The featurizer of the SevenNet encoder: `build_sevennet_graphs`."""
+
+    name = "sevennet"  # the cache folder
+
+    def key(self) -> str:
+        import sevenn
+
+        # The neighbour search belongs to sevenn: a new sevenn version may change the graph.
+        return f"v{SEVENNET_GRAPH_VERSION}:sevenn-{sevenn.__version__}:cutoff={_cutoff()}"
+
+    def build(self, table: PropertyTable, progress: bool = True) -> GraphStore:
+        return build_sevennet_graphs(table, progress)
+
+    def load(self, path: Path) -> GraphStore:
+        return GraphStore.load(path)
+
+
+@register_encoder("sevennet")
+class SevenNet(Encoder):
+    """SevenNet-0's architecture, hyper-parameters from its checkpoint's config; random weights until loaded."""
+
+    unknown_element_advice = "SevenNet-0 was trained on 89 elements; drop the structure or use another encoder"
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+
+        pooling: Pooling = "mean"
+
+    def __init__(self, config: Config, graphs: GraphSettings) -> None:
+        super().__init__()
+        from sevenn.model_build import build_E3_equivariant_model
+
+        sevennet_config = dict(_checkpoint().config)
+        # The checkpoint's conv_denominator is 0 ("from the data"); sevenn training sets it to
+        # sqrt(avg_num_neigh) of its training set, which 7net-0's config records. Unset, the
+        # randomly initialised model divides by zero.
+        sevennet_config["conv_denominator"] = [math.sqrt(n) for n in sevennet_config["avg_num_neigh"]]
+        full = build_E3_equivariant_model(sevennet_config)  # random init, e3nn's
+        modules = dict(full.named_children())
+        n_blocks = sevennet_config["num_convolution_layer"]
+        self.embedding = nn.ModuleDict({name: modules[name] for name in EMBEDDING_MODULES})
+        self.interactions = nn.ModuleList(
+            nn.ModuleDict({name: modules[f"{t}_{name}"] for name in INTERACTION_MODULES}) for t in range(n_blocks)
+        )
+        # Atomic number -> SevenNet's species index (-1 for species it lacks; check_elements runs first).
+        # Not persistent: it is architecture, not a weight, and rebuilt from the config.
+        self.register_buffer("species_index", full.z_to_onehot_tensor.clone(), persistent=False)
+        self.pooling = config.pooling
+        self.atom_dim = int(modules[f"{n_blocks - 1}_equivariant_gate"].gate.irreps_out.dim)
+        self.elements = frozenset(int(z) for z in sevennet_config["_type_map"])
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        # copy.deepcopy (selection's ensembles, tests) rebuilds e3nn's generated tensor-product code of a
+        # model that has run, and torch.fx then registers the code's constants as buffers. They are
+        # constants, not weights: kept out of the state dict, a copy saves and reloads like the original.
+        for module in self.modules():
+            module._non_persistent_buffers_set.update(n for n in module._buffers if n.startswith("_tensor_constant"))
+
+    def featurizer(self) -> SevenNetGraph:
+        return SevenNetGraph()
+
+    def blocks(self) -> list[str]:
+        return ["embedding", *(f"interactions.{t}" for t in range(len(self.interactions)))]
+
+    def atom_features(self, batch: GraphBatch) -> Tensor:
+        import sevenn._keys as KEY
+
+        # SevenNet's modules pass one dict along; only the keys its energy path reads are given.
+        data: dict[str, Tensor] = {
+            KEY.NODE_FEATURE: self.species_index[batch.z],
+            KEY.ATOMIC_NUMBERS: batch.z,
+            KEY.EDGE_IDX: batch.edge_index,
+            KEY.EDGE_VEC: batch.edge_vec,
+            KEY.BATCH: batch.batch,
+        }
+        for module in self.embedding.values():
+            data = module(data)
+        for block in self.interactions:
+            for module in block.values():
+                data = module(data)
+        return data[KEY.NODE_FEATURE]
+
+
+def sevennet_state_dict(state: dict[str, Tensor], n_blocks: int) -> dict[str, Tensor]:
+    """SevenNet's encoder weights renamed to the `SevenNet` encoder's module names (the readout is left out)."""
+    renamed = {}
+    for key, value in state.items():
+        module, _, rest = key.partition(".")
+        if module in EMBEDDING_MODULES:
+            renamed[f"embedding.{key}"] = value
+        elif module.split("_", 1)[0].isdigit() and int(module.split("_", 1)[0]) < n_blocks:
+            t, name = module.split("_", 1)
+            renamed[f"interactions.{t}.{name}.{rest}"] = value
+    return renamed
+
+
+@register_pretrained("sevenn:7net-0", "SevenNet-0 (11Jul2024), 89 elements, trained on MPtrj", "sevenn")
+def sevennet_0() -> tuple[dict[str, Any], dict[str, Tensor]]:
+    checkpoint = _checkpoint()
+    # Through sevenn's build_model, not the raw state dict: the 0.9.1 checkpoint's convolution weights
+    # are re-ordered by sevenn's backward-compatibility patch (the raw ones give wrong l > 0 features).
+    model = checkpoint.build_model()
+    return {"name": "sevennet"}, sevennet_state_dict(model.state_dict(), checkpoint.config["num_convolution_layer"])
