@@ -106,7 +106,7 @@ def main() -> None:
         "worker_peak_rss_mb": run["worker_peak_rss_mb"], "main_peak_rss_mb": main_after_prepare,
         "prepare_s": prepare_s, "worker_wall_s": run["wall_s"], "fit_s": result["fit_seconds"],
         "fit_s_per_epoch": result["fit_seconds"] / result["epochs_run"],
-        "test_mae_after_epochs": result["metrics"]["test"]["mae"], "unit": result["unit"],
+        "test_mae_after_epochs": result["test"]["mae"], "unit": result["unit"],
         "machine": machine(),
     }
     print(f"{run['task']} ({', '.join(run['notes'])}): {result['n_train']}/{result['n_val']}/{result['n_test']}"

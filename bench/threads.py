@@ -40,7 +40,7 @@ from mattransfer.data.splits import make_split
 from mattransfer.graphs.build import GraphSettings, cached_graphs
 from mattransfer.models.model import ModelConfig, TransferModel
 from mattransfer.threads import available_cores, default_threads, load_average
-from mattransfer.training.run import Dataset, train_and_test
+from mattransfer.training.job import Dataset, train_and_test
 from mattransfer.training.trainer import TrainingOptions
 
 RESULTS = Path(__file__).parent / "results" / "threads_idle_machine.json"

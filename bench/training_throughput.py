@@ -76,7 +76,7 @@ from mattransfer.finetune import METHODS, param_groups
 from mattransfer.graphs.build import GraphSettings, cached_graphs
 from mattransfer.graphs.store import GraphStore
 from mattransfer.models.model import ModelConfig, TransferModel
-from mattransfer.training.run import Dataset, train_and_test
+from mattransfer.training.job import Dataset, train_and_test
 from mattransfer.training.trainer import Batches, TrainingOptions
 
 ARMS = ("mattransfer", "compiled", "stock_conv", "pyg")

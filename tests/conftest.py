@@ -23,7 +23,8 @@ from mattransfer.finetune import METHODS, param_groups
 from mattransfer.graphs.build import GraphSettings, RadiusGraph
 from mattransfer.graphs.inputs import cached_inputs
 from mattransfer.models.model import TransferModel
-from mattransfer.training.run import Dataset, run, train_and_test
+from mattransfer.training.job import Dataset, train_and_test
+from mattransfer.training.run import run
 from mattransfer.training.trainer import TrainingOptions
 
 # CI keeps the offline datasets beside the repository: <root>/../shared/data.

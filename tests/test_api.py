@@ -22,7 +22,7 @@ import mattransfer
 from mattransfer.cli import build_parser, main
 from mattransfer.errors import ConfigError, DataError
 from mattransfer.models.domain import Domain
-from mattransfer.training.run import predict_structures
+from mattransfer.training.job import predict_structures
 
 from conftest import GRAPHS, MODEL, TRAINING, fcc
 

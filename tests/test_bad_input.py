@@ -26,7 +26,8 @@ from mattransfer.data.table import PropertyTable
 from mattransfer.errors import DataError
 from mattransfer.graphs.build import GraphSettings, build_graphs
 from mattransfer.models.model import ModelConfig, TransferModel
-from mattransfer.training.run import load_table, predict_structures, run
+from mattransfer.training.job import predict_structures
+from mattransfer.training.run import load_table, run
 
 from conftest import MODEL, SHARED_DATA, fcc, isolated_atom
 

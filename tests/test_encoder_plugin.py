@@ -144,3 +144,14 @@ def test_a_registered_encoder_trains_fine_tunes_and_freezes_by_its_blocks(toy_en
     assert not torch.equal(tuned.encoder.mix.weight, model.encoder.mix.weight)
     # demo_volume has the same structures as demo_energy: its rows came from the featurizer's cache.
     assert Species.builds == 1
+
+
+def test_models_lists_encoders_and_an_unknown_pretrained_name_lists_the_available(capsys, tmp_path):
+    assert main(["models"]) == 0
+    assert "cgcnn" in capsys.readouterr().out
+    options = tmp_path / "x.yaml"
+    options.write_text(yaml.safe_dump({"data": {"dataset": "demo_volume", "n_samples": 30}, "device": "cpu",
+                                       "finetune": {"method": "heads", "read_from": "nosuch:1.0"}}))
+    assert main(["-q", "train", str(options)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "nosuch:1.0" in error and "available" in error and len(error.splitlines()) == 1

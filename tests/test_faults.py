@@ -26,7 +26,7 @@ from mattransfer.graphs.build import build_graphs
 from mattransfer.models.model import TransferModel
 from mattransfer.study import run_study, study_status
 from mattransfer.study.layout import StudyDir, StudyLocked
-from mattransfer.study.worker import _model
+from mattransfer.study.worker import _source
 from mattransfer.training.run import run
 
 from test_study import spec
@@ -76,7 +76,7 @@ def test_a_hostile_checkpoint_is_refused_by_every_path(pretrained_ckpt, make_con
     study.checkpoint(task.pretrain).parent.mkdir(parents=True)
     _hostile_copy(pretrained_ckpt, study.checkpoint(task.pretrain), marker)
     with pytest.raises(ConfigError, match="refused"):
-        _model(task, spec(), study)
+        _source(task, study)
     assert not marker.exists()
 
 
@@ -178,7 +178,7 @@ def test_a_truncated_result_is_rerun_not_fatal(finished_study, tmp_path, caplog)
     assert task.hash not in set(table["task_hash"])
     summary = run_study(spec(part4={"enabled": False}), root, workers=1, progress=False)
     assert summary["ran"] == 1 and summary["done"] == summary["tasks"]
-    assert json.loads(result.read_text())["metrics"]["test"]["mae"] > 0
+    assert json.loads(result.read_text())["test"]["mae"] > 0
 
 
 def test_a_damaged_pretraining_checkpoint_is_retrained(finished_study, tmp_path):

@@ -14,7 +14,8 @@ from mattransfer.graphs.build import RadiusGraph
 from mattransfer.graphs.inputs import cached_inputs
 from mattransfer.models.lora import LINEAR_TYPES, LoRALinear
 from mattransfer.models.model import ModelConfig, TransferModel
-from mattransfer.training.run import predict_structures, run
+from mattransfer.training.job import predict_structures
+from mattransfer.training.run import run
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from mattransfer.finetune import METHODS, param_groups
 from mattransfer.models.encoders.sevennet import SevenNet, _checkpoint, build_sevennet_graphs
 from mattransfer.models.head import HeadConfig
 from mattransfer.models.model import TransferModel
-from mattransfer.training.run import Dataset, train_and_test
+from mattransfer.training.job import Dataset, train_and_test
 from mattransfer.training.trainer import TrainingOptions
 
 def _rock_salt(a: float, cation: str, anion: str) -> Structure:

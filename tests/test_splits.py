@@ -12,8 +12,8 @@ from mattransfer.data.splits import Split, fixed_test_ids, make_split
 from mattransfer.errors import DataError, LeakError
 from mattransfer.finetune import param_groups
 from mattransfer.models.model import ModelConfig, TransferModel
-from mattransfer.training import run as run_module
-from mattransfer.training.run import train_and_test
+from mattransfer.training import job as run_module
+from mattransfer.training.job import train_and_test
 from mattransfer.training.trainer import TrainingOptions
 
 from conftest import MODEL

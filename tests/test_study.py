@@ -26,8 +26,11 @@ from mattransfer.graphs.build import GraphSettings, RadiusGraph
 from mattransfer.study.data import PreparedData, _input_store
 from mattransfer.study.execute import _StudyRun
 from mattransfer.study.layout import StudyDir
+from mattransfer.config import config_from_dict
+from mattransfer.training.run import run
 from mattransfer.study.tasks import Planner
-from mattransfer.training.run import train_and_test
+from mattransfer.training.job import train_and_test
+from mattransfer.training.objectives import AuxiliaryClassification
 from mattransfer.training.trainer import TrainingOptions
 
 TINY_TRAINING = {"max_epochs": 3, "patience": 3, "batch_size": 16, "lr": 5e-3}
@@ -219,36 +222,40 @@ def test_bravais_lattices_of_known_structures():
 # Auxiliary loss
 
 
-def test_aux_weight_zero_is_plain_training(volume_data, volume_split, graph_settings):
+def test_objective_of_weight_zero_is_plain_training(volume_data, volume_split, graph_settings):
     config = ModelConfig(**TINY["model"])
     training = TrainingOptions(max_epochs=2, patience=2, batch_size=16)
     labels = torch.randint(0, len(BRAVAIS), (len(volume_data.inputs),))
 
-    def trained(aux_weight: float, with_aux: bool) -> TransferModel:
+    def trained(weight: float | None) -> TransferModel:
         torch.manual_seed(0)
         model = TransferModel(config, graph_settings)
         groups = param_groups(model, None, training.lr)
-        if with_aux:
-            model.add_aux_head(len(BRAVAIS))
-            groups.append({"params": list(model.aux_head.parameters())})
+        objective = None
+        if weight is not None:
+            objective = AuxiliaryClassification(labels, len(BRAVAIS), weight, model.encoder.out_dim, config.head)
+            groups.append(objective.param_group(training.lr))
         train_and_test(model, volume_data, volume_split, training, groups, seed=0, device=torch.device("cpu"),
-                       progress=False, aux_labels=labels if with_aux else None, aux_weight=aux_weight)
+                       progress=False, objective=objective)
         return model
 
-    plain, zero, biased = trained(0.0, False), trained(0.0, True), trained(1.0, True)
+    plain, zero, biased = trained(None), trained(0.0), trained(1.0)
     for name, value in plain.encoder.state_dict().items():
         assert torch.equal(value, zero.encoder.state_dict()[name]), name
     assert not torch.equal(plain.encoder.embedding.weight, biased.encoder.embedding.weight)
 
 
-def test_aux_head_is_saved_and_dropped_for_fine_tuning(tmp_path):
+def test_old_checkpoints_with_a_bravais_head_still_load(tmp_path):
+    """Pre-trainings saved before objectives left the model kept their classifier: it is dropped on load."""
     model = TransferModel(ModelConfig(**TINY["model"]), GraphSettings(**TINY["graphs"]))
-    model.add_aux_head(len(BRAVAIS))
-    model.save(tmp_path / "aux.ckpt")
-    loaded = TransferModel.load(tmp_path / "aux.ckpt")
-    assert torch.equal(loaded.aux_head[-1].weight, model.aux_head[-1].weight)
-    loaded.drop_aux_head()
+    model.save(tmp_path / "plain.ckpt")
+    checkpoint = torch.load(tmp_path / "plain.ckpt", weights_only=True)
+    checkpoint["state_dict"]["aux_head.0.weight"] = torch.zeros(3, 3)
+    checkpoint["aux_classes"] = 14
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    loaded = TransferModel.load(tmp_path / "old.ckpt")
     assert not any(name.startswith("aux_head") for name in loaded.state_dict())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in loaded.state_dict().items())
 
 
 # Running studies
@@ -383,3 +390,52 @@ def test_dask_executor(tiny_study, tmp_path):
         results(root).sort_values(["task_hash", "part"])["test_mae"].to_numpy(),
         results(tiny_study[0]).sort_values(["task_hash", "part"])["test_mae"].to_numpy(), rtol=1e-4,
     )
+
+
+def test_cli_and_study_run_the_same_job_to_the_same_metrics(tiny_study, tmp_path):
+    """`mattransfer train` and a study worker execute one `Job` the same way: a Bravais-biased
+    pre-training and a `heads` fine-tune of it give the study's metrics exactly."""
+    root, _ = tiny_study
+    study, plan = StudyDir(root), json.loads((root / "plan.json").read_text())
+    pretrain = next(t for t in plan if t["kind"] == "pretrain" and t["aux_lambda"] == 0.5)
+    tune = next(t for t in plan if t["pretrain"] == pretrain["hash"])
+    shared = {"seed": 0, "device": "cpu", "threads": 1, "graphs": TINY["graphs"], "model": TINY["model"],
+              "training": TINY_TRAINING}
+    threads = torch.get_num_threads()
+    try:
+        cli_pretrain = run(config_from_dict({
+            **shared, "output_dir": str(tmp_path / "pretrain"), "objective": {"bravais_weight": 0.5},
+            "data": {"dataset": pretrain["dataset"], "n_samples": pretrain["size"]}}, "test"), progress=False)
+        cli_tune = run(config_from_dict({
+            **shared, "output_dir": str(tmp_path / "tune"), "data": {"dataset": tune["dataset"], "n_samples": tune["size"]},
+            "finetune": {"method": tune["method"], "read_from": str(study.checkpoint(pretrain["hash"])),
+                         "allow_test_overlap": True, "config": tune["options"]}}, "test"), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    for cli, task in ((cli_pretrain, pretrain), (cli_tune, tune)):
+        result = study.result(task["hash"])
+        # as JSON: an R² of one validation sample is NaN, which is not equal to itself
+        assert json.dumps([cli[part] for part in ("train", "val", "test")]) == json.dumps([result[p] for p in ("train", "val", "test")])
+        assert cli["best_epoch"] == result["best_epoch"] and cli["n_test"] == result["n_test"]
+
+
+def test_a_package_model_is_a_part1_source_with_its_own_inputs(tmp_path):
+    """`part1.universal` adds a package's pre-trained model as a source of every dataset: its fine-tunes
+    read inputs prepared with its own featurizer, share the scratch baselines, and reach the report."""
+    from mattransfer.report import write_report
+
+    name = "cgcnn-mp:formation-energy"
+    universal = spec(part1={"methods": ["heads"], "universal": [name]}, part4={"enabled": False},
+                     finetune_sizes=[12])
+    summary = run_study(universal, tmp_path / "u", workers=1, progress=False)
+    assert summary["failed"] == 0 and summary["done"] == summary["tasks"]
+    table = results(tmp_path / "u")
+    tuned = table[table["source"] == name]
+    assert sorted(tuned["target"]) == ["demo_energy", "demo_volume"] and (tuned["status"] == "done").all()
+    assert tuned["test_same_structure"].isna().all()  # what the package's model trained on is not recorded
+    # its prepared inputs are its own featurizer's, for the rows Part 1 uses only
+    prepared = sorted((tmp_path / "u" / "data").glob(f"demo_volume@{name}-*"))
+    assert len(prepared) == 1 and json.loads((prepared[0] / "split_ids.json").read_text())
+    assert name in write_report(tmp_path / "u").read_text()
+    with pytest.raises(ValueError, match="available: .*chgnet:0.3.0"):  # pydantic's ValidationError
+        spec(part1={"universal": ["nosuch:1"]})

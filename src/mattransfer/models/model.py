@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
-import re
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +15,7 @@ from mattransfer.graphs.build import GraphSettings
 from mattransfer.graphs.inputs import InputBatch, InputStore
 from mattransfer.models.domain import Domain
 from mattransfer.models.encoders import ENCODERS
-from mattransfer.models.encoders.base import PRETRAINED, pretrained_weights
+from mattransfer.models.encoders.base import PRETRAINED, load_weights_only, pretrained_weights
 from mattransfer.models.head import HeadConfig, MLPHead
 from mattransfer.models.lora import inject_lora
 
@@ -41,9 +39,8 @@ class ModelConfig(BaseModel):
 
 
 class TransferModel(nn.Module):
-    """``encoder`` (graph → latent) and ``head`` (latent → standardised target).
+    """``encoder`` (structure → latent) and ``head`` (latent → standardised target).
 
-    An optional ``aux_head`` (latent → class logits) serves structure-biased pre-training only.
     ``frozen`` names submodules that fine-tuning froze; they stay in eval mode in training so that
     batch-norm statistics are frozen along with the weights. Freezing is a property of a training run,
     not of the weights: a loaded model starts with nothing frozen (LoRA base weights excepted).
@@ -62,7 +59,6 @@ class TransferModel(nn.Module):
         self.target: dict[str, str] = {"name": "", "unit": "", "dataset": ""}
         self.frozen: list[str] = []
         self.lora: dict[str, float] | None = None
-        self.aux_head: MLPHead | None = None
         self.domain: Domain | None = None  # of the data the model was last trained on (models/domain.py)
         self.provenance: dict[str, Any] = {}  # package version and git commit that trained it
         # `training_record`s of every training these weights went through, pre-training first.
@@ -70,11 +66,6 @@ class TransferModel(nn.Module):
 
     def forward(self, batch: InputBatch) -> Tensor:
         return self.head(self.encoder(batch))
-
-    def forward_with_aux(self, batch: InputBatch) -> tuple[Tensor, Tensor]:
-        """The regression output and the auxiliary head's class logits, from one encoder pass."""
-        latent = self.encoder(batch)
-        return self.head(latent), self.aux_head(latent)
 
     @torch.no_grad()
     def predict(self, batch: InputBatch) -> Tensor:
@@ -111,14 +102,6 @@ class TransferModel(nn.Module):
 
     def reset_head(self) -> None:
         self.head = MLPHead(self.encoder.out_dim, self.config.head)
-
-    def add_aux_head(self, n_classes: int) -> None:
-        """A classifier from the latent, trained beside the regression head (structure-biased pre-training)."""
-        self.aux_head = MLPHead(self.encoder.out_dim, self.config.head, out_dim=n_classes)
-
-    def drop_aux_head(self) -> None:
-        """Fine-tuning has no use for the auxiliary classifier."""
-        self.aux_head = None
 
     def freeze(self, names: list[str]) -> None:
         for name in names:
@@ -161,7 +144,6 @@ class TransferModel(nn.Module):
             "graphs": self.graphs.model_dump(),
             "target": self.target,
             "lora": self.lora,
-            "aux_classes": self.aux_head[-1].out_features if self.aux_head is not None else None,
             "state_dict": self.state_dict(),
             "domain": self.domain.to_checkpoint() if self.domain is not None else None,
             "provenance": self.provenance,
@@ -179,9 +161,9 @@ class TransferModel(nn.Module):
             model = cls(ModelConfig(**checkpoint["model"]), GraphSettings(**checkpoint["graphs"]))
             if checkpoint["lora"]:
                 model.add_lora(int(checkpoint["lora"]["rank"]), checkpoint["lora"]["alpha"])
-            if checkpoint.get("aux_classes"):
-                model.add_aux_head(int(checkpoint["aux_classes"]))
-            model.load_state_dict(checkpoint["state_dict"])
+            # Pre-trainings of before `training.objectives` saved their Bravais classifier: no use now.
+            state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("aux_head.")}
+            model.load_state_dict(state)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             lines = [line.strip() for line in str(exc).strip().splitlines()]
             reason = next((line for line in lines[1:] if line), lines[0])  # the first mismatch, not the preamble
@@ -196,11 +178,12 @@ class TransferModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name: str, head: HeadConfig | None = None, pooling: str | None = None) -> TransferModel:
-        """A package's pre-trained encoder (`register_pretrained`) under a fresh ``head``; ``pooling``
-        overrides the encoder's default (pooling is no weight: any choice keeps the pre-training)."""
+        """A package's pre-trained encoder (`register_pretrained`) under a fresh ``head`` (default: an MLP
+        that standardises its input features); ``pooling`` overrides the encoder's default (pooling is no
+        weight: any choice keeps the pre-training)."""
         options, state = pretrained_weights(name)
         options = {**options, **({"pooling": pooling} if pooling else {})}
-        model = cls(ModelConfig(encoder=options, head=head or HeadConfig()), GraphSettings())
+        model = cls(ModelConfig(encoder=options, head=head or HeadConfig(input_norm=True)), GraphSettings())
         model.encoder.load_state_dict(state)
         model.target = {"dataset": "", "name": f"pre-trained {name}", "unit": ""}
         model.provenance = {"pretrained": name}
@@ -223,22 +206,7 @@ def load_source(source: str | Path, head: HeadConfig | None = None, pooling: str
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """A checkpoint's contents, loaded with ``weights_only``: anything but tensors and plain types is refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {path} not found.")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        refused = re.search(r"GLOBAL (\S+)", str(exc))  # torch names the global it would not import
-        if refused is None:
-            raise ConfigError(f"{path}: not a readable mattransfer checkpoint (corrupt pickle data).") from exc
-        raise ConfigError(
-            f"{path}: refused: the checkpoint holds {refused.group(1)}, not only tensors and plain types, and"
-            " could run code when loaded (mattransfer checkpoints never do)."
-        ) from exc
-    except Exception as exc:
-        reason = str(exc).split(". ")[0]  # torch adds paragraphs of advice
-        raise ConfigError(f"{path}: not a readable mattransfer checkpoint ({type(exc).__name__}: {reason}).") from exc
+    checkpoint = load_weights_only(Path(path), "mattransfer checkpoint")
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"{path}: not a mattransfer checkpoint of format {CHECKPOINT_FORMAT}.")
     return checkpoint

@@ -21,16 +21,17 @@ import pandas as pd
 import torch
 
 from mattransfer.data.registry import DataSources, release_read_cache
-from mattransfer.data.splits import fixed_test_ids
+from mattransfer.data.splits import fixed_test_ids, make_split
 from mattransfer.data.symmetry import cached_bravais_labels
 from mattransfer.data.table import PropertyTable
 from mattransfer.fileio import atomic_path, write_atomic, write_json
-from mattransfer.graphs.inputs import Featurizer, InputStore, cached_inputs_file, inputs_hash
+from mattransfer.graphs.build import GraphSettings
+from mattransfer.graphs.inputs import Featurizer, InputStore, cached_inputs_file, inputs_hash, row_keys
 from mattransfer.study.layout import StudyDir
 from mattransfer.study.relatedness import property_relatedness
 from mattransfer.study.spec import StudySpec
 from mattransfer.models.model import TransferModel
-from mattransfer.training.run import Dataset
+from mattransfer.training.job import Dataset
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,16 @@ class PreparedData:
     featurizer: Featurizer  # what made inputs.pt, and reads it
     has_labels: bool = False  # Bravais labels prepared
 
+    def split_ids(self) -> list[str] | None:
+        """The whole dataset's ids, which splits are drawn from, when the prepared rows are only some of them."""
+        path = self.path / "split_ids.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+
+def data_key(dataset: str, pretrained: str | None) -> str:
+    """The prepared data a task reads: a package's pre-trained model reads inputs of its own."""
+    return dataset if pretrained is None else f"{dataset}@{pretrained}"
+
 
 def fingerprint(table: PropertyTable, featurizer: Featurizer) -> str:
     digest = hashlib.sha256(inputs_hash(table, featurizer).encode())
@@ -61,28 +72,55 @@ def prepare_datasets(
 ) -> dict[str, PreparedData]:
     """Load and prepare every dataset of ``spec``; Bravais labels for the keys in ``labels_for``.
 
-    Also writes each dataset's fixed test ids and the datasets' property relatedness.
+    Each dataset is prepared with the study encoder's featurizer, and for each of Part 1's pre-trained
+    models (`tasks.data_key`) with that model's, for the rows its fine-tunes use (test set and the
+    largest subset of each seed: subsets are nested). Also writes each dataset's fixed test ids and the
+    datasets' property relatedness.
     """
     sources = DataSources.from_yaml(spec.data_sources) if spec.data_sources else DataSources.from_env()
     tables, prepared = {}, {}
+    featurizer = TransferModel(spec.model, spec.graphs).encoder.featurizer()
+    universal = {name: TransferModel.from_pretrained(name).encoder.featurizer()
+                 for name in (spec.part1.universal if spec.part1.enabled else [])}
     for key in spec.datasets:
         table = sources.load(key)
         log.info("data %s: %d rows from %s (dropped: %s)", key, len(table), table.source, table.dropped or "none")
-        prepared[key] = _prepare(table, spec, study, key in labels_for, progress)
+        test = fixed_test_ids(table.ids, spec.test_fraction, spec.test_seed)
+        study.test_ids_file(table.name).parent.mkdir(parents=True, exist_ok=True)
+        write_json(study.test_ids_file(table.name), {"dataset": table.name, "test_fraction": spec.test_fraction,
+                                                     "test_seed": spec.test_seed, "ids": test})
+        pool = len(table) - len(test)
+        prepared[key] = _prepare(table, featurizer, study, key, pool, progress,
+                                 spec.graphs if key in labels_for else None)
+        if universal:
+            used = _used_rows(table, test, pool, spec)
+            for name, own in universal.items():
+                prepared[data_key(key, name)] = _prepare(used, own, study, data_key(key, name), pool, progress,
+                                                         split_ids=table.ids)
         tables[key] = table
-    _write_relatedness(tables, {key: p.fingerprint for key, p in prepared.items()}, study)
+    _write_relatedness(tables, {key: prepared[key].fingerprint for key in tables}, study)
     release_read_cache()  # the main process only schedules from here on
     return prepared
 
 
-def _prepare(table: PropertyTable, spec: StudySpec, study: StudyDir, labels: bool, progress: bool) -> PreparedData:
-    test = fixed_test_ids(table.ids, spec.test_fraction, spec.test_seed)
-    study.test_ids_file(table.name).parent.mkdir(parents=True, exist_ok=True)
-    write_json(study.test_ids_file(table.name),
-               {"dataset": table.name, "test_fraction": spec.test_fraction, "test_seed": spec.test_seed, "ids": test})
-    featurizer = TransferModel(spec.model, spec.graphs).encoder.featurizer()
+def _used_rows(table: PropertyTable, test: list[str], pool: int, spec: StudySpec) -> PropertyTable:
+    """The rows Part 1's fine-tunes of ``table`` can use: its test set and, for each seed, the largest subset."""
+    largest = min(max(spec.finetune_sizes), pool)
+    used = set(test)
+    for seed in spec.seeds:
+        split = make_split(table.ids, largest, seed, dataset=table.name, test_fraction=spec.test_fraction,
+                           val_fraction=spec.val_fraction, test_seed=spec.test_seed)
+        used.update(split.train, split.val)
+    return table.subset([i for i in table.ids if i in used])
+
+
+def _prepare(table: PropertyTable, featurizer: Featurizer, study: StudyDir, key: str, pool: int, progress: bool,
+             labels: GraphSettings | None = None, split_ids: list[str] | None = None) -> PreparedData:
+    """The study-side copy of ``table``'s inputs, targets and row hashes (and Bravais labels, computed
+    with ``labels``' graph settings as their cache key). ``split_ids``: the whole table's ids, when
+    ``table`` holds only some of its rows (splits are drawn from all of them)."""
     content = fingerprint(table, featurizer)
-    path = study.data_dir(table.name, content)
+    path = study.data_dir(key, content)
     path.mkdir(parents=True, exist_ok=True)
     if not (path / "inputs.pt").exists():  # studies of before the encoder contract have graphs.pt
         _link_or_copy(cached_inputs_file(table, featurizer, progress), path / "inputs.pt")
@@ -90,9 +128,13 @@ def _prepare(table: PropertyTable, spec: StudySpec, study: StudyDir, labels: boo
         _save_tensor(torch.from_numpy(table.y), path / "targets.pt")
     if not (path / "identities.json").exists():  # structure keys and formulas, for test-overlap counts
         write_json(path / "identities.json", table.identities())
-    if labels and not (path / "labels.pt").exists():
-        _save_tensor(torch.from_numpy(cached_bravais_labels(table, spec.graphs, progress)), path / "labels.pt")
-    return PreparedData(table.name, table.target, table.unit, content, len(table), len(table) - len(test), path,
+    if not (path / "row_keys.json").exists():  # what the latent cache of frozen encoders is keyed by
+        write_json(path / "row_keys.json", row_keys(table, featurizer))
+    if split_ids is not None and not (path / "split_ids.json").exists():
+        write_json(path / "split_ids.json", list(split_ids))
+    if labels is not None and not (path / "labels.pt").exists():
+        _save_tensor(torch.from_numpy(cached_bravais_labels(table, labels, progress)), path / "labels.pt")
+    return PreparedData(table.name, table.target, table.unit, content, len(table), pool, path,
                         featurizer, has_labels=(path / "labels.pt").exists())
 
 
@@ -132,7 +174,7 @@ def load_prepared(data: PreparedData) -> tuple[Dataset, torch.Tensor | None]:
                           ids=list(inputs.ids), structures=[], y=y,
                           known_identities=json.loads((data.path / "identities.json").read_text()))
     labels = torch.load(data.path / "labels.pt", weights_only=True) if data.has_labels else None
-    return Dataset(table, inputs), labels
+    return Dataset(table, inputs, json.loads((data.path / "row_keys.json").read_text())), labels
 
 
 def _write_relatedness(tables: dict[str, PropertyTable], fingerprints: dict[str, str], study: StudyDir) -> None:

@@ -30,7 +30,7 @@ from mattransfer.study.results import pick_part2_targets, results_table, write_r
 from mattransfer.study.spec import StudySpec
 from mattransfer.study.tasks import Plan, Planner, Task
 from mattransfer.study.worker import checkpoint_problem, run_task
-from mattransfer.training.run import resolve_device
+from mattransfer.training.job import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ class _StudyRun:
             self._skip_dependants(task, error)
         else:
             result = self.study.result(task.hash)
-            log.info("done %s: test MAE %.4g %s (%.1f s)", task.describe(), result["metrics"]["test"]["mae"],
+            log.info("done %s: test MAE %.4g %s (%.1f s)", task.describe(), result["test"]["mae"],
                      result["unit"], result["wall_seconds"])
 
     def _skip_dependants(self, pretrain: Task, error: str) -> None:

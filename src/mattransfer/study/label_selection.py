@@ -39,7 +39,7 @@ from mattransfer.selection import (
     SelectionSettings, deviation, ensemble_predictions, pick_candidates, pick_random, shared_latent, train_ensemble,
 )
 from mattransfer.study.layout import StudyDir
-from mattransfer.training.run import Dataset, featurize, resolve_device
+from mattransfer.training.job import Dataset, featurize, resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ def _row(task: Task, part: int, result: dict | None, error: dict | None) -> dict
     }
     if result is None:
         return {**row, "status": "failed", "error": error["error"]}
-    test = result["metrics"]["test"]
+    test = result.get("metrics", result)["test"]  # results of before one schema nested their metrics
     overlap = result.get("test_in_pretraining") or {}
     return {
         **row, "status": "done", "error": None, "unit": result["unit"],

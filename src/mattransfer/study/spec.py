@@ -19,6 +19,7 @@ from mattransfer.data.registry import REGISTRY
 from mattransfer.errors import ConfigError, format_validation_error, read_yaml
 from mattransfer.finetune import METHODS
 from mattransfer.graphs.build import GraphSettings
+from mattransfer.models.encoders import PRETRAINED
 from mattransfer.models.model import ModelConfig
 from mattransfer.training.trainer import COMPILE_HELP, TrainingOptions
 
@@ -59,10 +60,24 @@ class _Section(BaseModel):
 
 
 class Part1(_Section):
-    """Every dataset pre-trained, then fine-tuned on every other one; scratch on the same subsets."""
+    """Every dataset pre-trained, then fine-tuned on every other one; scratch on the same subsets.
+
+    ``universal``: packages' pre-trained models (`mattransfer models`), each a further source for every
+    dataset, fine-tuned with ``universal_methods``.
+    """
 
     enabled: bool = True
     methods: Methods = Field(default_factory=lambda: ["heads", "full"])
+    universal: list[str] = Field(default_factory=list, description="pre-trained models by name, e.g. chgnet:0.3.0")
+    universal_methods: Methods = Field(default_factory=lambda: ["heads"])
+
+    @field_validator("universal")
+    @classmethod
+    def _known_models(cls, names: list[str]) -> list[str]:
+        unknown = [n for n in names if n not in PRETRAINED]
+        if unknown:
+            raise ValueError(f"unknown pre-trained models {unknown}; available: {sorted(PRETRAINED)}")
+        return names
 
 
 class Part2(_Section):

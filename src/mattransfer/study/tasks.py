@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Literal
 
-from mattransfer.study.data import PreparedData
+from mattransfer.study.data import PreparedData, data_key
 from mattransfer.study.spec import StudySpec
 
 TASK_FORMAT = 1  # bump when a code change alters what a finished task would compute
@@ -33,6 +33,7 @@ class Task:
     source: str | None = None  # pre-training dataset of a transfer fine-tune
     pretrain_size: int | None = None
     pretrain: str | None = None  # hash of the pre-training a transfer fine-tune starts from
+    pretrained: str | None = None  # or a package's pre-trained model it starts from (chgnet:0.3.0)
     hash: str = ""
     parts: set[int] = field(default_factory=set)
     notes: set[str] = field(default_factory=set)  # caps applied to the requested sizes
@@ -48,7 +49,14 @@ class Task:
             return f"pretrain {self.dataset}{aux} n={self.size} seed {self.seed}"
         if self.method == "scratch":
             return f"scratch {self.dataset} n={self.size} seed {self.seed}"
+        if self.pretrained:
+            return f"{self.method} {self.pretrained}→{self.dataset} n={self.size} seed {self.seed}"
         return f"{self.method} {self.source}{aux}→{self.dataset} n={self.size} seed {self.seed}"
+
+    @property
+    def data_key(self) -> str:
+        """Which prepared data the task reads: a pre-trained model's own inputs, or the study encoder's."""
+        return data_key(self.dataset, self.pretrained)
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "parts": sorted(self.parts), "notes": sorted(self.notes)}
@@ -144,6 +152,16 @@ class Planner:
                                pretrain=task.pretrain)
         return task
 
+    def universal(self, name: str, key: str, requested: int, seed: int, method: str, options: dict[str, Any]) -> Task:
+        """A fine-tune of the package's pre-trained model ``name`` (its encoder reads inputs of its own)."""
+        size, notes = self._capped(key, requested, "finetune_size")
+        task = Task("finetune", key, size, seed, method, options, aux_lambda=None, source=name, pretrained=name,
+                    notes=notes)
+        task.hash = self._hash(kind="finetune", dataset=key, data=self.data[task.data_key].fingerprint, size=size,
+                               seed=seed, training=self.spec.finetune.model_dump(), method=method, options=options,
+                               pretrained=name)
+        return task
+
     def scratch(self, key: str, requested: int, seed: int) -> Task:
         return self.finetune(None, key, requested, seed, "scratch", {})
 
@@ -175,6 +193,12 @@ class Planner:
                 for target in spec.datasets:
                     if target != source:
                         self._transfer(plan, 1, pretrain, target, spec.finetune_sizes, spec.part1.methods, seed)
+            for name in spec.part1.universal:
+                for target in spec.datasets:
+                    for size in spec.finetune_sizes:
+                        plan.add(self.scratch(target, size, seed), 1)
+                        for method, options in spec.part1.universal_methods.items():
+                            plan.add(self.universal(name, target, size, seed, method, options), 1)
 
     def part2_inputs(self, plan: Plan) -> list[Task]:
         """The Part 1 tasks whose results pick Part 2's targets."""

@@ -17,17 +17,14 @@ from pathlib import Path
 import torch
 
 from mattransfer.data.splits import make_split
-from mattransfer.data.symmetry import BRAVAIS
 from mattransfer.errors import ConfigError
 from mattransfer.fileio import file_sha256
-from mattransfer.finetune import METHODS, param_groups
 from mattransfer.models.model import TransferModel, read_checkpoint
 from mattransfer.study.data import PreparedData, load_prepared
 from mattransfer.study.layout import StudyDir
 from mattransfer.study.spec import StudySpec
 from mattransfer.study.tasks import Task
-from mattransfer.training.run import Dataset, check_test_overlap, resolve_device, run_log, train_and_test
-from mattransfer.training.trainer import TrainingOptions
+from mattransfer.training.job import Dataset, Job, execute, resolve_device, run_log
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +62,7 @@ def run_task(task: Task, spec: StudySpec, data: dict[str, PreparedData], study_d
     task_dir.mkdir(parents=True, exist_ok=True)
     try:
         with _ONE_TASK_AT_A_TIME, run_log(task_dir):
-            result = _train(task, spec, data[task.dataset], study)
+            result = _train(task, spec, data[task.data_key], study)
     except Exception as exc:
         study.write_error(task.hash, f"{type(exc).__name__}: {exc}", traceback.format_exc())
         return "failed"
@@ -82,36 +79,38 @@ def _load(data: PreparedData) -> tuple[Dataset, torch.Tensor | None]:
 def _train(task: Task, spec: StudySpec, data: PreparedData, study: StudyDir) -> dict:
     start = time.perf_counter()
     dataset, labels = _load(data)
-    if task.aux_weight and labels is None:
-        raise ConfigError(f"{task.describe()}: no Bravais labels were prepared for {task.dataset!r}.")
     split = make_split(
-        dataset.table.ids, task.size, task.seed, dataset=task.dataset, test_fraction=spec.test_fraction,
+        data.split_ids() or dataset.table.ids, task.size, task.seed, dataset=task.dataset, test_fraction=spec.test_fraction,
         val_fraction=spec.val_fraction, test_seed=spec.test_seed,
     )
     task_dir = study.task_dir(task.hash)
     split.to_json(task_dir / "split.json")
-    model, groups, training = _model(task, spec, study)
-    # Materials recur across datasets: allowed in a study, counted per task for the report.
-    overlap = check_test_overlap(model, dataset.table, split, allow=True) if task.pretrain else None
-    device = resolve_device(spec.device)
-    log.info("%s: split %d/%d/%d", task.describe(), len(split.train), len(split.val), len(split.test))
-    fit, metrics = train_and_test(
-        model, dataset, split, training, groups, seed=task.seed, device=device, run_dir=task_dir, progress=False,
-        description=task.describe(), aux_labels=labels if task.aux_weight else None, aux_weight=task.aux_weight,
-        compile=spec.compile,
-    )
+    outcome = execute(job_of(task, spec), dataset, split, source=_source(task, study), device=resolve_device(spec.device),
+                      run_dir=task_dir, progress=False, compile=spec.compile,
+                      bravais_labels=labels if task.aux_weight else None)
     checkpoint = {}
     if task.kind == "pretrain":
-        model.cpu().save(study.checkpoint(task.hash), task=task.to_json())
+        outcome.model.cpu().save(study.checkpoint(task.hash), task=task.to_json())
         checkpoint = {"checkpoint_sha256": file_sha256(study.checkpoint(task.hash))}
-    return {
-        "task": task.describe(), "unit": data.unit, **checkpoint, "test_in_pretraining": overlap,
-        "warnings": fit.warnings,
-        "n_train": len(split.train), "n_val": len(split.val), "n_test": len(split.test),
-        "n_trainable": sum(p.numel() for g in groups for p in g["params"]),
-        "epochs_run": fit.epochs_run, "best_epoch": fit.best_epoch, "best_val_loss": fit.best_val_loss,
-        "fit_seconds": fit.seconds, "wall_seconds": time.perf_counter() - start, "metrics": metrics,
-    }
+    return {**outcome.summary, "task": task.describe(), **checkpoint, "wall_seconds": time.perf_counter() - start}
+
+
+def _source(task: Task, study: StudyDir) -> TransferModel | None:
+    """The pre-training a transfer fine-tune starts from (only tensors and plain types are unpickled),
+    or the package's pre-trained model it names."""
+    if task.pretrained:
+        return TransferModel.from_pretrained(task.pretrained)
+    return TransferModel.load(study.checkpoint(task.pretrain)) if task.pretrain else None
+
+
+def job_of(task: Task, spec: StudySpec) -> Job:
+    """The `Job` a study task describes. Materials recur across datasets: a study allows test structures
+    its source trained on and counts them per task for the report."""
+    return Job(
+        model=spec.model, graphs=spec.graphs, training=spec.pretrain if task.kind == "pretrain" else spec.finetune,
+        seed=task.seed, method=None if task.kind == "pretrain" else task.method, options=task.options,
+        allow_test_overlap=True, bravais_weight=task.aux_weight, description=task.describe(),
+    )
 
 
 def checkpoint_problem(path: Path, result: dict | None) -> str | None:
@@ -126,26 +125,3 @@ def checkpoint_problem(path: Path, result: dict | None) -> str | None:
     except ConfigError as exc:
         return f"is unreadable ({exc})"
     return None
-
-
-def _model(task: Task, spec: StudySpec, study: StudyDir) -> tuple[TransferModel, list[dict], TrainingOptions]:
-    """The model a task trains, its optimizer's parameter groups and its training options."""
-    if task.kind == "pretrain":
-        torch.manual_seed(task.seed)
-        model = TransferModel(spec.model, spec.graphs)
-        groups = param_groups(model, None, spec.pretrain.lr)
-        if task.aux_weight:
-            model.add_aux_head(len(BRAVAIS))
-            groups.append({"name": "aux_head", "params": list(model.aux_head.parameters()), "lr": spec.pretrain.lr})
-        return model, groups, spec.pretrain
-    options_cls, prepare = METHODS[task.method]
-    options = options_cls(**task.options)
-    if task.pretrain:
-        base = TransferModel.load(study.checkpoint(task.pretrain))
-    else:  # scratch: the same architecture, initialised below
-        base = TransferModel(spec.model, spec.graphs)
-    base.drop_aux_head()
-    torch.manual_seed(task.seed)  # scratch's initialisation and fresh heads depend on the seed alone
-    model = prepare(base, options)
-    return model, param_groups(model, options, spec.finetune.lr), spec.finetune
-

@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mattransfer.data.table import PropertyTable
 from mattransfer.fileio import atomic_path
-from mattransfer.graphs.inputs import InputStore, row_keys
+from mattransfer.graphs.inputs import InputStore
 from mattransfer.models.model import TransferModel
 from mattransfer.paths import cache_dir, touch
 
@@ -35,11 +34,11 @@ def encoder_hash(model: TransferModel) -> str:
     return digest.hexdigest()[:20]
 
 
-def cached_latents(model: TransferModel, table: PropertyTable, inputs: InputStore, batch_size: int = 256) -> Tensor:
-    """The encoder's output (len(inputs), out_dim) for every row of ``inputs`` (rows of ``table``),
-    encoding only the structures the cache lacks. The model's device does the encoding; the result is on it."""
+def cached_latents(model: TransferModel, keys: list[str], inputs: InputStore, batch_size: int = 256) -> Tensor:
+    """The encoder's output (len(inputs), out_dim) for every row of ``inputs``, whose content hashes are
+    ``keys`` (`graphs.inputs.row_keys`), encoding only the structures the cache lacks. The model's
+    device does the encoding; the result is on it."""
     path = cache_file(model)
-    keys = row_keys(table, model.encoder.featurizer())
     known: dict[str, Tensor] = {}
     if path.exists():
         touch(path)
@@ -53,7 +52,7 @@ def cached_latents(model: TransferModel, table: PropertyTable, inputs: InputStor
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             torch.save({"keys": list(known), "latent": torch.stack(list(known.values()))}, tmp)
-        log.info("encoded %d structures of %s in %.1f s (%d from the latent cache)", len(missing), table.name,
+        log.info("encoded %d structures in %.1f s (%d from the latent cache)", len(missing),
                  time.perf_counter() - start, len(keys) - len(missing))
     device = model.target_mean.device
     return torch.stack([known[key] for key in keys]).to(device)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from mattransfer.errors import TrainingDiverged
 from mattransfer.graphs.inputs import InputBatch, InputStore
+from mattransfer.training.objectives import AuxiliaryClassification
 
 log = logging.getLogger(__name__)
 
@@ -66,27 +67,23 @@ EXPLODED = 10.0
 class Batches:
     """Fixed mini-batches of a subset of a store, cut once and moved to ``device`` once.
 
-    A mini-batch is ``(graphs, y)``, or ``(graphs, y, labels)`` when the subset has ``labels``: class
-    indices of an auxiliary task (structure-biased pre-training).
+    A mini-batch is ``(inputs, y, rows)``: ``rows`` are the batch's positions in the store, which an
+    objective's per-row data (`training.objectives`) is indexed by.
     """
 
-    def __init__(self, store: InputStore, positions: Tensor, y: Tensor, batch_size: int, device: torch.device,
-                 labels: Tensor | None = None):
-        self.store, self.positions, self.y, self.labels = store, positions, y, labels
+    def __init__(self, store: InputStore, positions: Tensor, y: Tensor, batch_size: int, device: torch.device):
+        self.store, self.positions, self.y = store, positions, y
         self.batch_size, self.device = batch_size, device
 
     def __len__(self) -> int:
         return len(self.positions)
 
-    def epoch(
-        self, generator: torch.Generator | None = None
-    ) -> list[tuple[InputBatch, Tensor] | tuple[InputBatch, Tensor, Tensor]]:
+    def epoch(self, generator: torch.Generator | None = None) -> list[tuple[InputBatch, Tensor, Tensor]]:
         """Mini-batches of near-equal size (no straggler batch of one graph); shuffled with ``generator``."""
         order = torch.randperm(len(self.positions), generator=generator) if generator else torch.arange(len(self))
         n_batches = math.ceil(len(self) / self.batch_size)
-        per_graph = (self.y,) if self.labels is None else (self.y, self.labels)
         return [
-            (self.inputs(chunk), *(t[chunk].to(self.device) for t in per_graph))
+            (self.inputs(chunk), self.y[chunk].to(self.device), self.positions[chunk].to(self.device))
             for chunk in torch.tensor_split(order, n_batches)
         ]
 
@@ -104,7 +101,7 @@ class EmbeddingBatches(Batches):
 
     def __init__(self, batches: Batches, encoder: nn.Module, store_latent: Tensor | None = None,
                  encode_batch_size: int = 512) -> None:
-        super().__init__(batches.store, batches.positions, batches.y, batches.batch_size, batches.device, batches.labels)
+        super().__init__(batches.store, batches.positions, batches.y, batches.batch_size, batches.device)
         # ``store_latent``: the same encoder's output for every graph of the store, computed once by a
         # caller that trains several heads on one frozen encoder (an ensemble); sliced, not recomputed.
         if store_latent is not None:
@@ -113,7 +110,7 @@ class EmbeddingBatches(Batches):
         whole = Batches(batches.store, batches.positions, batches.y, encode_batch_size, batches.device)
         encoder.eval()
         with torch.no_grad():
-            self.latent = torch.cat([encoder(graphs) for graphs, _ in whole.epoch()])
+            self.latent = torch.cat([encoder(inputs) for inputs, *_ in whole.epoch()])
 
     def inputs(self, chunk: Tensor) -> Tensor:
         return self.latent[chunk]
@@ -127,7 +124,7 @@ def fit(
     options: TrainingOptions,
     *,
     seed: int,
-    aux_weight: float = 0.0,
+    objective: AuxiliaryClassification | None = None,
     history_csv: Path | None = None,
     progress: bool = True,
     description: str = "training",
@@ -135,8 +132,8 @@ def fit(
 ) -> FitResult:
     """Train ``model`` in place on standardised targets; on return it holds its best-validation weights.
 
-    With ``train.labels`` and ``aux_weight`` > 0 the training loss adds ``aux_weight`` × the
-    cross-entropy of the model's auxiliary head; validation (early stopping) stays on the target alone.
+    An ``objective`` (trained in the caller's parameter groups) adds its loss on the encoder's latent to
+    the training loss; validation (early stopping) stays on the target alone.
     ``target_scale`` (the target's std) turns the history's MAE columns into the target's unit.
     A non-finite training or validation loss raises `TrainingDiverged`; a loss that explodes, or a best
     model no better than predicting the mean, is logged and listed in ``FitResult.warnings``.
@@ -161,10 +158,12 @@ def fit(
         task = bar.add_task(description, total=options.max_epochs, status="")
         for epoch in range(options.max_epochs):
             model.train()
+            if objective is not None:
+                objective.train()
             train_loss = train_error = 0.0
-            for batch, y, *labels in train.epoch(generator):
+            for batch, y, rows in train.epoch(generator):
                 optimizer.zero_grad(set_to_none=True)
-                loss, prediction = training_loss(model, batch, y, loss_fn, aux_weight, *labels)
+                loss, prediction = training_loss(model, batch, y, rows, loss_fn, objective)
                 if not torch.isfinite(loss):  # before the step: the weights of the last finite epoch stay
                     raise TrainingDiverged(_diverged_message(description, epoch, "training", loss.item(), lrs))
                 loss.backward()
@@ -247,32 +246,26 @@ class _HistoryWriter:
             self.handle.close()
 
 
-def training_loss(model: nn.Module, batch: InputBatch, y: Tensor, loss_fn, aux_weight: float = 0.0,
-                  labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """The regression loss, plus ``aux_weight`` × cross-entropy of the auxiliary head on ``labels``;
-    and the regression prediction (for the epoch's MAE).
-
-    ``aux_weight == 0`` skips the auxiliary head altogether: exactly plain training.
-    """
-    if labels is None or aux_weight == 0:
+def training_loss(model: nn.Module, batch: InputBatch, y: Tensor, rows: Tensor, loss_fn,
+                  objective: AuxiliaryClassification | None = None) -> tuple[Tensor, Tensor]:
+    """The regression loss, plus the ``objective``'s on the same latent vectors; and the regression
+    prediction (for the epoch's MAE). Without an objective: exactly plain training."""
+    if objective is None:
         prediction = model(batch)
         return loss_fn(prediction, y), prediction
-    prediction, logits = model.forward_with_aux(batch)
-    labelled = labels >= 0  # spglib can fail on a structure; it then has no label
-    loss = loss_fn(prediction, y)
-    if labelled.any():
-        loss = loss + aux_weight * nn.functional.cross_entropy(logits[labelled], labels[labelled])
-    return loss, prediction
+    latent = model.encoder(batch)
+    prediction = model.head(latent)
+    return loss_fn(prediction, y) + objective(latent, rows), prediction
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: list[tuple[InputBatch, Tensor]], loss_fn) -> tuple[float, float]:
+def evaluate(model: nn.Module, batches: list[tuple[InputBatch, Tensor, Tensor]], loss_fn) -> tuple[float, float]:
     """Mean loss and mean absolute error (standardised units) over ``batches``."""
     model.eval()
     loss = error = 0.0
-    for b, y in batches:
+    for b, y, _ in batches:
         prediction = model(b)
         loss += loss_fn(prediction, y, reduction="sum").item()
         error += (prediction - y).abs().sum().item()
-    n = sum(len(y) for _, y in batches)
+    n = sum(len(y) for _, y, _ in batches)
     return loss / n, error / n

@@ -20,7 +20,8 @@ from mattransfer.data.registry import DataSources
 from mattransfer.data.table import PropertyTable
 from mattransfer.errors import DataError
 from mattransfer.models.model import TransferModel
-from mattransfer.training.run import featurize, prepare_table
+from mattransfer.training.job import featurize
+from mattransfer.training.run import prepare_table
 
 
 def logme(features: np.ndarray, y: np.ndarray, max_iter: int = 100, tol: float = 1e-6) -> float:

