@@ -26,22 +26,24 @@ from mattransfer.models.model import TransferModel
 from mattransfer.training.job import Dataset, train_and_test
 from mattransfer.training.trainer import TrainingOptions
 
-sevenn = pytest.importorskip("sevenn")
+def _rock_salt(a: float, cation: str, anion: str) -> Structure:
+    return Structure.from_spacegroup("Fm-3m", Lattice.cubic(a), [cation, anion], [[0, 0, 0], [0.5, 0.5, 0.5]])
 
 
 def _crystals(n: int, seed: int = 0) -> list[Structure]:
-    """Rock-salt and fcc cells with random strain and rattled atoms."""
+    """Rock-salt and fcc cells with random strain and rattled atoms (seeded: the tests are repeatable)."""
     rng = np.random.default_rng(seed)
     prototypes = [
-        Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]).get_primitive_structure(),
-        Structure.from_spacegroup("Fm-3m", Lattice.cubic(4.21), ["Mg", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]]).get_primitive_structure(),
+        _rock_salt(5.64, "Na", "Cl").get_primitive_structure(),
+        _rock_salt(4.21, "Mg", "O").get_primitive_structure(),
         Structure(Lattice.cubic(3.6), ["Cu", "Cu", "Al", "Cu"], [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]),
     ]
     out = []
     for k in range(n):
         structure = prototypes[k % len(prototypes)].copy()
         structure.apply_strain(rng.uniform(-0.04, 0.04, 3))
-        structure.perturb(0.1, min_distance=0.05)
+        for site in range(len(structure)):
+            structure.translate_sites([site], rng.normal(0, 0.06, 3), frac_coords=False)
         out.append(structure)
     return out
 
@@ -78,6 +80,7 @@ def _fine_tune(model: TransferModel, data: Dataset, method: str, **options) -> T
 
 
 def test_atom_features_reproduce_sevennets_own_energy(pretrained_7net):
+    import sevenn._keys as KEY
     from sevenn.calculator import SevenNetCalculator
 
     structures = _crystals(3, seed=1)
@@ -86,10 +89,11 @@ def test_atom_features_reproduce_sevennets_own_energy(pretrained_7net):
     reference = _checkpoint().build_model().eval()  # sevenn's whole potential, readout included
     with torch.no_grad():
         # SevenNet's own readout modules on our atom features give the atomic energies.
-        data = {"x": encoder.atom_features(batch), "atom_type": encoder.species_index[batch.z], "batch": batch.batch}
+        data = {KEY.NODE_FEATURE: encoder.atom_features(batch), KEY.ATOM_TYPE: encoder.species_index[batch.z],
+                KEY.BATCH: batch.batch}
         for name in ("reduce_input_to_hidden", "reduce_hidden_to_energy", "rescale_atomic_energy"):
             data = reference._modules[name](data)
-    ours = scatter(data["atomic_energy"].squeeze(-1), batch.batch, 0, reduce="mean")
+    ours = scatter(data[KEY.ATOMIC_ENERGY].squeeze(-1), batch.batch, 0, reduce="mean")
 
     calculator = SevenNetCalculator(reference, file_type="model_instance", device="cpu")
     expected = []
