@@ -439,3 +439,22 @@ def test_a_package_model_is_a_part1_source_with_its_own_inputs(tmp_path):
     assert name in write_report(tmp_path / "u").read_text()
     with pytest.raises(ValueError, match="available: .*chgnet:0.3.0"):  # pydantic's ValidationError
         spec(part1={"universal": ["nosuch:1"]})
+
+
+BEFORE_NEW_OPTIONS = {
+    "pretrain demo_energy λ=0.5 n=40 seed 0": "105b1df0aa712151",
+    "scratch demo_volume n=12 seed 0": "4cd5d67d6d2166f1",
+    "heads demo_energy→demo_volume n=12 seed 0": "947e86b3de843b7a",
+    "full demo_energy→demo_volume n=24 seed 0": "2590050d519bd537"
+}
+
+
+def test_tasks_of_studies_run_before_new_options_keep_their_hashes():
+    """Options added since (head.input_norm, schedules, target transforms) at their defaults leave a task's
+    hash as it was: a study run before them resumes with its finished results. Hashes from commit 716916f."""
+    tiny = spec(part1={"methods": ["heads", "full"]},
+                part3={"pairs": [["demo_energy", "demo_volume"]], "methods": ["full", "heads"], "finetune_sizes": [12]})
+    data = {k: PreparedData(k, "y", "u", f"fp-{k}", 300, 270, Path("/nowhere"), RadiusGraph(tiny.graphs))
+            for k in tiny.datasets}
+    hashes = {t.describe(): t.hash for t in Planner(tiny, data).plan()}
+    assert {k: hashes[k] for k in BEFORE_NEW_OPTIONS} == BEFORE_NEW_OPTIONS

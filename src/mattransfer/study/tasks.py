@@ -66,6 +66,22 @@ class Task:
         return cls(**{**raw, "parts": set(raw["parts"]), "notes": set(raw["notes"])})
 
 
+# Options added since TASK_FORMAT 1, at their defaults: left out of a task's hash, so that the tasks of a
+# study run before they existed keep their hashes, and their finished results.
+NEW_DEFAULTS: dict[str, Any] = {
+    "input_norm": False,  # model.head
+    "schedule": "constant", "warmup_epochs": 0, "plateau_factor": 0.5, "plateau_patience": 10,  # training
+    "target_transform": "none",
+}
+
+
+def _without_new_defaults(content: Any) -> Any:
+    if isinstance(content, dict):
+        return {k: _without_new_defaults(v) for k, v in content.items()
+                if not (k in NEW_DEFAULTS and v == NEW_DEFAULTS[k])}
+    return content
+
+
 class Plan:
     """The study's tasks by hash, in the order they were first added."""
 
@@ -172,7 +188,7 @@ class Planner:
         return pool, {f"{what} {requested} capped at {pool} ({key}: samples outside the test set)"}
 
     def _hash(self, **content: Any) -> str:
-        text = json.dumps({**self._shared, **content}, sort_keys=True)
+        text = json.dumps(_without_new_defaults({**self._shared, **content}), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def _transfer(self, plan: Plan, part: int, pretrain: Task, target: str, sizes: list[int],
