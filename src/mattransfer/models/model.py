@@ -1,4 +1,4 @@
-"""`TransferModel`: encoder + head + the target's standardisation, saved and loaded as one checkpoint."""
+"""`TransferModel`: encoder + head + the target's transform and standardisation, saved and loaded as one checkpoint."""
 
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ class TransferModel(nn.Module):
         self.head = MLPHead(self.encoder.out_dim, config.head)
         self.register_buffer("target_mean", torch.zeros((), dtype=torch.float64))
         self.register_buffer("target_std", torch.ones((), dtype=torch.float64))
-        self.target: dict[str, str] = {"name": "", "unit": "", "dataset": ""}
+        # ``transform``: what the head learns, standardised: the target ("none") or its log ("log")
+        self.target: dict[str, str] = {"name": "", "unit": "", "dataset": "", "transform": "none"}
         self.frozen: list[str] = []
         self.lora: dict[str, float] | None = None
         self.domain: Domain | None = None  # of the data the model was last trained on (models/domain.py)
@@ -75,7 +76,25 @@ class TransferModel(nn.Module):
     @torch.no_grad()
     def predict_latent(self, latent: Tensor) -> Tensor:
         """The head's predictions from latent vectors, in the target's physical unit (float64)."""
-        return self.head(latent).double() * self.target_std + self.target_mean
+        return self.unstandardise(self.head(latent).double())
+
+    def standardise(self, y: Tensor) -> Tensor:
+        """Targets in the physical unit as the head learns them: transformed, then standardised (float32)."""
+        return ((self._transformed(y) - self.target_mean) / self.target_std).float()
+
+    def unstandardise(self, values: Tensor) -> Tensor:
+        """The inverse of `standardise`: standardised values back in the target's physical unit (float64)."""
+        values = values.double() * self.target_std + self.target_mean
+        return values.exp() if self.target.get("transform") == "log" else values
+
+    def _transformed(self, y: Tensor) -> Tensor:
+        if self.target.get("transform") != "log":
+            return y
+        if (y <= 0).any():
+            raise ConfigError(
+                f"target_transform log needs strictly positive targets; {self.target['dataset']} has"
+                f" {int((y <= 0).sum())} at or below 0 (min {float(y.min()):g}): use target_transform: none.")
+        return y.log()
 
     @torch.no_grad()
     def embed(self, store: InputStore, pooling: str | None = None, batch_size: int = 256) -> Tensor:
@@ -89,13 +108,15 @@ class TransferModel(nn.Module):
         latent = [self.encoder(store.batch(chunk).to(device), pooling=pooling) for chunk in chunks]
         return torch.cat(latent) if latent else torch.zeros(0, self.encoder.out_dim, device=device)
 
-    def set_target(self, dataset: str, name: str, unit: str, y_train: Tensor) -> None:
-        """Standardise with the training split's mean and std (std of one sample is taken as 1).
+    def set_target(self, dataset: str, name: str, unit: str, y_train: Tensor, transform: str = "none") -> None:
+        """Standardise with the mean and std of the training split's ``transform``-ed targets (std of
+        one sample is taken as 1). ``log`` of a target not strictly positive is a `ConfigError`.
 
         A new target means new training data: the old training domain no longer applies.
         """
         self.domain = None
-        self.target = {"dataset": dataset, "name": name, "unit": unit}
+        self.target = {"dataset": dataset, "name": name, "unit": unit, "transform": transform}
+        y_train = self._transformed(y_train)
         self.target_mean.fill_(float(y_train.mean()))
         std = float(y_train.std()) if len(y_train) > 1 else 1.0
         self.target_std.fill_(std if std > 0 else 1.0)
@@ -168,7 +189,7 @@ class TransferModel(nn.Module):
             lines = [line.strip() for line in str(exc).strip().splitlines()]
             reason = next((line for line in lines[1:] if line), lines[0])  # the first mismatch, not the preamble
             raise ConfigError(f"{path}: its weights do not fit the architecture it records ({reason}).") from exc
-        model.target = checkpoint["target"]
+        model.target = {"transform": "none", **checkpoint["target"]}  # checkpoints before transforms had none
         model.domain = Domain.from_checkpoint(checkpoint["domain"]) if checkpoint.get("domain") else None
         model.provenance = checkpoint.get("provenance") or {}
         model.training_data = list(checkpoint.get("training_data") or [])

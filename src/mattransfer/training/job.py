@@ -168,8 +168,8 @@ def train_and_test(
     model.encoder.check_elements(data.inputs)
     y = data.targets()
     train_pos, val_pos, test_pos = (data.inputs.positions(ids) for ids in (split.train, split.val, split.test))
-    model.set_target(data.table.name, data.table.target, data.table.unit, y[train_pos])
-    y_std = ((y - model.target_mean) / model.target_std).float()
+    model.set_target(data.table.name, data.table.target, data.table.unit, y[train_pos], training.target_transform)
+    y_std = model.standardise(y)
     model.to(device)
     batches = {
         name: Batches(data.inputs, pos, y_std[pos], training.batch_size, device)
@@ -184,7 +184,7 @@ def train_and_test(
     result = fit(
         trained, batches["train"], batches["val"], groups, training, seed=seed, objective=objective,
         history_csv=run_dir / "history.csv" if run_dir else None, progress=progress, description=description,
-        target_scale=float(model.target_std),
+        to_unit=model.unstandardise,
     )
     model.training_data.append(training_record(data.table, split))
     predictions = {name: predict_batches(model, b) for name, b in batches.items()}

@@ -14,11 +14,12 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor, nn
 
@@ -46,6 +47,24 @@ class TrainingOptions(BaseModel):
     max_epochs: int = Field(500, ge=1)
     patience: int = Field(50, ge=1, description="epochs without a better validation loss before stopping")
     loss: Literal["l1", "mse"] = "l1"
+    schedule: Literal["constant", "cosine", "plateau"] = Field(
+        "constant", description="learning rate per epoch: constant; cosine: linear warm-up over warmup_epochs,"
+        " then cosine decay to 0 at max_epochs; plateau: times plateau_factor after plateau_patience epochs"
+        " without a better validation loss")
+    warmup_epochs: int = Field(0, ge=0, description="cosine only: epochs of linear warm-up to lr")
+    plateau_factor: float = Field(0.5, gt=0, lt=1, description="plateau only: the learning rate's factor at each cut")
+    plateau_patience: int = Field(10, ge=1, description="plateau only: epochs without a better validation loss before a cut")
+    target_transform: Literal["none", "log"] = Field(
+        "none", description="what the head learns (standardised): the target, or its log (strictly positive,"
+        " heavy-tailed targets); predictions and metrics are in the target's unit either way")
+
+    @model_validator(mode="after")
+    def _warmup_with_cosine(self) -> TrainingOptions:
+        if self.warmup_epochs and self.schedule != "cosine":
+            raise ValueError(f"warmup_epochs is part of the cosine schedule; schedule is {self.schedule!r}")
+        if self.warmup_epochs >= self.max_epochs:
+            raise ValueError(f"warmup_epochs ({self.warmup_epochs}) must be below max_epochs ({self.max_epochs})")
+        return self
 
 
 @dataclass
@@ -128,13 +147,15 @@ def fit(
     history_csv: Path | None = None,
     progress: bool = True,
     description: str = "training",
-    target_scale: float = 1.0,
+    to_unit: Callable[[Tensor], Tensor] | None = None,
 ) -> FitResult:
     """Train ``model`` in place on standardised targets; on return it holds its best-validation weights.
 
     An ``objective`` (trained in the caller's parameter groups) adds its loss on the encoder's latent to
     the training loss; validation (early stopping) stays on the target alone.
-    ``target_scale`` (the target's std) turns the history's MAE columns into the target's unit.
+    ``to_unit`` maps standardised values to the target's unit (`TransferModel.unstandardise`), for the
+    history's MAE columns; without it they are in standardised units.
+    The learning rate follows ``options.schedule``, stepped once an epoch; ``constant`` makes no scheduler.
     A non-finite training or validation loss raises `TrainingDiverged`; a loss that explodes, or a best
     model no better than predicting the mean, is logged and listed in ``FitResult.warnings``.
     """
@@ -143,6 +164,8 @@ def fit(
     # (1.5 against 0.3 ms a step for the default model).
     optimizer = torch.optim.AdamW(param_groups, lr=options.lr, weight_decay=options.weight_decay, fused=True)
     lrs = _lrs(optimizer.param_groups)
+    scheduler = _scheduler(optimizer, options)
+    to_unit = to_unit or (lambda values: values)
     loss_fn = LOSSES[options.loss]
     val_batches = val.epoch()
     mean_loss = {"train": _mean_predictor_loss(train.y, loss_fn), "val": _mean_predictor_loss(val.y, loss_fn)}
@@ -169,8 +192,9 @@ def fit(
                 loss.backward()
                 optimizer.step()
                 train_loss += loss.item() * len(y)
-                train_error += (prediction.detach() - y).abs().sum()  # a tensor: no sync per step
-            val_loss, val_error = evaluate(model, val_batches, loss_fn)
+                # a tensor: no sync per step
+                train_error += (to_unit(prediction.detach()) - to_unit(y)).abs().sum()
+            val_loss, val_error = evaluate(model, val_batches, loss_fn, to_unit)
             if not math.isfinite(val_loss):
                 raise TrainingDiverged(_diverged_message(description, epoch, "validation", val_loss, lrs))
             ratio = train_loss / len(train) / mean_loss["train"]
@@ -180,13 +204,17 @@ def fit(
                                       " too high."))
             history.append({
                 "epoch": epoch, "train_loss": train_loss / len(train), "val_loss": val_loss,
-                "train_mae": float(train_error) / len(train) * target_scale, "val_mae": val_error * target_scale,
+                "train_mae": float(train_error) / len(train), "val_mae": val_error,
                 "elapsed_s": round(time.perf_counter() - start, 3),
                 **{name: group["lr"] for name, group in lr_columns.items()},
             })
             history_writer.write(history[-1])
             if val_loss < best["loss"]:
                 best = {"loss": val_loss, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(val_loss)
+            elif scheduler is not None:
+                scheduler.step()
             bar.update(task, advance=1, status=f"val {val_loss:.4f} best {best['loss']:.4f} @ {best['epoch']}")
             if epoch % 25 == 0:
                 log.info("%s: epoch %d, train %.4f, val %.4f, best %.4f @ %d (%.0f s)", description, epoch,
@@ -199,6 +227,28 @@ def fit(
                               f" predicting the training mean ({mean_loss['val']:.4g}); check the learning rate"
                               f" ({lrs}) and the data."))
     return FitResult(best["epoch"], len(history), best["loss"], time.perf_counter() - start, history, warnings)
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, options: TrainingOptions
+               ) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau | None:
+    """The per-epoch learning-rate schedule; None for ``constant``, so that a constant-rate fit is the
+    same computation as before schedules existed."""
+    if options.schedule == "cosine":
+        factor = partial(cosine_factor, warmup=options.warmup_epochs, total=options.max_epochs)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    if options.schedule == "plateau":
+        # threshold 0: any better validation loss counts, as it does for early stopping
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, factor=options.plateau_factor, patience=options.plateau_patience, threshold=0.0)
+    return None
+
+
+def cosine_factor(epoch: int, *, warmup: int, total: int) -> float:
+    """The cosine schedule's multiple of the base rate at ``epoch``: ``(epoch + 1) / warmup`` while
+    warming up, then from 1 down a half cosine that would reach 0 at epoch ``total``."""
+    if epoch < warmup:
+        return (epoch + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (epoch - warmup) / (total - warmup)))
 
 
 def _mean_predictor_loss(y: Tensor, loss_fn) -> float:
@@ -259,13 +309,14 @@ def training_loss(model: nn.Module, batch: InputBatch, y: Tensor, rows: Tensor, 
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: list[tuple[InputBatch, Tensor, Tensor]], loss_fn) -> tuple[float, float]:
-    """Mean loss and mean absolute error (standardised units) over ``batches``."""
+def evaluate(model: nn.Module, batches: list[tuple[InputBatch, Tensor, Tensor]], loss_fn,
+             to_unit: Callable[[Tensor], Tensor]) -> tuple[float, float]:
+    """Mean loss (standardised units) and mean absolute error (``to_unit``'s units) over ``batches``."""
     model.eval()
     loss = error = 0.0
     for b, y, _ in batches:
         prediction = model(b)
         loss += loss_fn(prediction, y, reduction="sum").item()
-        error += (prediction - y).abs().sum().item()
+        error += (to_unit(prediction) - to_unit(y)).abs().sum().item()
     n = sum(len(y) for _, y, _ in batches)
     return loss / n, error / n
