@@ -26,11 +26,7 @@ import platform
 import shlex
 import statistics
 import sys
-import time
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import sevenn
 import torch
@@ -39,24 +35,13 @@ from mattransfer.data.registry import DataSources
 from mattransfer.models.encoders.sevennet import build_sevennet_graphs
 from mattransfer.models.model import TransferModel
 
+sys.path.insert(0, str(Path(__file__).parent))
+from timing import Timing, timed  # noqa: E402  (not bench/common.py: it imports lightning, absent here)
+
 SHARED_SOURCES = Path(__file__).parents[1] / "configs" / "shared-data.yaml"
 RESULT = Path(__file__).parent / "results" / "universal_speed_sevennet.json"
 
 
-# bench/common.py has the same two helpers but imports loop_overhead.py, hence lightning, which the
-# [universal] environment this benchmark needs does not install.
-@dataclass
-class Timing:
-    wall_s: float = 0.0
-    cpu_s: float = 0.0
-
-
-@contextmanager
-def timed() -> Iterator[Timing]:
-    result = Timing()
-    wall, cpu = time.perf_counter(), time.process_time()
-    yield result
-    result.wall_s, result.cpu_s = time.perf_counter() - wall, time.process_time() - cpu
 
 
 def per_structure(timings: list[Timing], n: int) -> dict:
