@@ -148,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--target", required=True, help="a dataset key (see `mattransfer datasets`) or a data file")
     rank.add_argument("--column", help="target column / atoms.info key (data files only)")
     rank.add_argument("--n", type=_positive_int, required=True, help="fine-tune subset size (train + val samples)")
-    rank.add_argument("--sources", type=Path, nargs="+", required=True, metavar="CKPT",
-                      help="model.ckpt files of pre-trained runs to rank")
+    rank.add_argument("--sources", nargs="+", required=True, metavar="CKPT|NAME",
+                      help="model.ckpt files of pre-trained runs, or packages' pre-trained models (chgnet:0.3.0), to rank")
     rank.add_argument("--seed", type=int, default=0, help="seed of the fine-tune subset (default: 0)")
     rank.add_argument("--data-sources", type=Path, help="data-sources YAML (default: $MATTRANSFER_DATA_SOURCES)")
     rank.set_defaults(handler=_rank_sources)

@@ -19,7 +19,7 @@ from mattransfer.config import DataConfig
 from mattransfer.data.registry import DataSources
 from mattransfer.data.table import PropertyTable
 from mattransfer.errors import DataError
-from mattransfer.models.model import TransferModel
+from mattransfer.models.model import load_source
 from mattransfer.training.job import featurize
 from mattransfer.training.run import prepare_table
 
@@ -92,15 +92,15 @@ def finetune_subset(data: DataConfig, sources: DataSources, seed: int) -> Proper
     return table.subset([*split.train, *split.val])
 
 
-def rank_sources(data: DataConfig, sources: DataSources, checkpoints: Sequence[Path], seed: int = 0) -> list[SourceScore]:
-    """LogME of each checkpoint's frozen encoder features (its own pooling) on the target's fine-tune subset, best first."""
-    models = [TransferModel.load(Path(path)) for path in checkpoints]  # a bad path fails before any data is read
+def rank_sources(data: DataConfig, sources: DataSources, checkpoints: Sequence[Path | str], seed: int = 0) -> list[SourceScore]:
+    """LogME of each checkpoint's (or package model's, by name) frozen encoder features (its own pooling) on the target's fine-tune subset, best first."""
+    models = [load_source(path) for path in checkpoints]  # a bad path or name fails before any data is read
     subset = finetune_subset(data, sources, seed)
     scores = []
     for path, model in zip(checkpoints, models):
         start = time.perf_counter()
         latent = model.embed(featurize(model, subset)).cpu().numpy()
         score = logme(latent, subset.y)
-        origin = model.training_data[0]["dataset"] if model.training_data else "?"
+        origin = model.training_data[0]["dataset"] if model.training_data else model.provenance.get("pretrained", "?")
         scores.append(SourceScore(Path(path), origin, score, time.perf_counter() - start))
     return sorted(scores, key=lambda s: s.logme, reverse=True)
