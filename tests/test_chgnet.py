@@ -28,6 +28,7 @@ from mattransfer.models.encoders.chgnet import CHGNetGraphs, load_chgnet
 from mattransfer.models.lora import LoRALinear
 from mattransfer.models.model import TransferModel
 from mattransfer.training.job import featurize, predict_structures
+from mattransfer.training.prefix import PrefixStore
 
 from conftest import SHARED_DATA, fcc, isolated_atom
 
@@ -183,3 +184,18 @@ def test_a_package_model_gets_a_head_that_standardises_its_features_unless_the_o
     assert isinstance(TransferModel.from_pretrained("chgnet:0.3.0").head[0], torch.nn.BatchNorm1d)
     plain = TransferModel.from_pretrained("chgnet:0.3.0", HeadConfig(hidden=[8]))
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in plain.head)
+
+
+def test_prefix_store_batches_give_chgnets_own_output(chgnet):
+    """Atom, bond and angle state of the frozen first blocks, computed once and sliced per batch, gives
+    the whole encoder's output for any batch order (a structure without bonds included)."""
+    structures = [*_crystals(), isolated_atom("Cu")]
+    store = CHGNetGraphs(6.0, 3.0).build(_table(structures), progress=False)
+    encoder = chgnet.encoder.eval()
+    index = torch.tensor([3, 5, 0, 4, 1, 2])
+    with torch.no_grad():
+        whole = encoder.atom_features(store.batch(index))
+        for start in (1, 3, len(encoder.blocks())):
+            prefix = PrefixStore(store, encoder, start, torch.device("cpu"), batch_size=2)
+            # atom vectors, not pooled ones: the std of a crystal's identical atoms is sqrt of rounding noise
+            torch.testing.assert_close(encoder.atom_features(prefix.batch(index)), whole, atol=1e-5, rtol=1e-5)

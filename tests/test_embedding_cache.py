@@ -8,6 +8,9 @@ import torch
 
 from mattransfer.finetune import METHODS, param_groups
 from mattransfer.models.model import TransferModel
+from mattransfer.training import job as job_module
+from mattransfer.training.job import train_and_test
+from mattransfer.training.prefix import PrefixStore, frozen_blocks
 from mattransfer.training.run import run
 from mattransfer.training.trainer import Batches, EmbeddingBatches, TrainingOptions, fit
 
@@ -56,3 +59,45 @@ def test_heads_runs_read_the_latent_cache_and_give_the_same_result(pretrained_ck
     assert encoded == [] and second["test"] == first["test"]  # nothing encoded; identical predictions
     bigger = heads("bigger", 80)  # the 80 samples hold the 60 (splits are nested) and the test set is fixed
     assert sum(encoded) == 20
+
+
+def test_frozen_prefix_cache_matches_the_unfused_path(pretrained, volume_data, volume_split, monkeypatch):
+    """`freeze` with the first blocks frozen trains on their output computed once: the same training as
+    running them every step, and the frozen blocks stay bit-identical."""
+    options_cls, prepare = METHODS["freeze"]
+
+    def trained(fuse: bool) -> tuple[TransferModel, dict]:
+        monkeypatch.setattr(job_module, "frozen_blocks", frozen_blocks if fuse else lambda model: 0)
+        torch.manual_seed(0)  # the same fresh head in both runs
+        model = prepare(copy.deepcopy(pretrained), options_cls(train_last=1))
+        options = TrainingOptions(max_epochs=6, patience=100, batch_size=16, lr=3e-3)
+        fitted, metrics = train_and_test(model, volume_data, volume_split, options,
+                                         param_groups(model, None, options.lr), seed=3, device=torch.device("cpu"),
+                                         progress=False)
+        return model, {"history": fitted.history, **metrics}
+
+    built = []
+    monkeypatch.setattr(job_module, "PrefixStore", lambda *a, **k: built.append(a[2]) or PrefixStore(*a, **k))
+    fused_model, fused = trained(True)
+    assert built == [len(pretrained.encoder.blocks()) - 1]  # the prefix path ran, from the last block on
+    unfused_model, unfused = trained(False)
+    assert len(built) == 1
+    for a, b in zip(unfused["history"], fused["history"]):
+        assert abs(a["val_loss"] - b["val_loss"]) < 1e-5 and abs(a["train_loss"] - b["train_loss"]) < 1e-5
+    assert abs(fused["test"]["mae"] - unfused["test"]["mae"]) < 1e-4 * unfused["test"]["mae"]
+    for name, value in unfused_model.state_dict().items():
+        torch.testing.assert_close(fused_model.state_dict()[name], value, atol=1e-5, rtol=1e-4)
+    reference = pretrained.encoder.state_dict()
+    for name, value in fused_model.encoder.state_dict().items():
+        if not name.startswith(f"layers.{len(pretrained.encoder.layers) - 1}."):
+            assert torch.equal(value, reference[name]), f"{name} changed although frozen"
+
+
+def test_prefix_batches_give_the_encoders_own_output(pretrained, volume_data):
+    """Any mini-batch of a prefix store, in any order, gives what the whole encoder gives on it."""
+    encoder = pretrained.encoder.eval()
+    for start in range(1, len(encoder.blocks()) + 1):
+        store = PrefixStore(volume_data.inputs, encoder, start, torch.device("cpu"), batch_size=7)
+        index = torch.randperm(len(store), generator=torch.Generator().manual_seed(start))[:25]
+        with torch.no_grad():
+            torch.testing.assert_close(encoder(store.batch(index)), encoder(volume_data.inputs.batch(index)))

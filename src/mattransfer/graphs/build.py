@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -62,36 +63,55 @@ def structures_hash(table: PropertyTable, settings: GraphSettings) -> str:
     return inputs_hash(table, RadiusGraph(settings))
 
 
-def build_graphs(table: PropertyTable, settings: GraphSettings, progress: bool = True) -> GraphStore:
-    """Graphs of every structure in ``table`` (no cache)."""
-    z_parts, edge_parts, dist_parts = [], [], []
+# One structure's graph: atomic numbers (n,), edge_index (2, E) local to it, and distances (E,) or edge
+# vectors (E, 3) (then the distances are their norms).
+StructureGraph = tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]
+
+
+def pack_graphs(table: PropertyTable, graph_of: Callable[[str, Structure], StructureGraph], what: str,
+                progress: bool = True) -> GraphStore:
+    """A `GraphStore` of ``graph_of(row_id, structure)`` for every structure in ``table``, with a progress bar."""
+    z_parts, edge_parts, dist_parts, vec_parts = [], [], [], []
     n_atoms = np.zeros(len(table) + 1, dtype=np.int64)
     n_edges = np.zeros(len(table) + 1, dtype=np.int64)
     start = time.perf_counter()
     with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"graphs {table.name}", total=len(table))
+        task = bar.add_task(f"{what} {table.name}", total=len(table))
         for k, (row_id, structure) in enumerate(zip(table.ids, table.structures)):
-            senders, receivers, distances = neighbor_graph(structure, settings)
-            z_parts.append(atomic_numbers(structure, f"{table.source}: structure {row_id!r}"))
-            if len(distances) and distances.min() < MIN_DISTANCE:
-                log.warning("%s: structure %r has atoms %.3f Å apart (< %g Å): check the file", table.source,
-                            row_id, distances.min(), MIN_DISTANCE)
-            edge_parts.append(np.stack([senders, receivers]).astype(np.int64))
-            dist_parts.append(distances.astype(np.float32))
-            n_atoms[k + 1], n_edges[k + 1] = len(structure), len(distances)
-            if k % 500 == 0:
-                bar.update(task, completed=k)
+            z, edges, distances, vectors = graph_of(row_id, structure)
+            z_parts.append(z)
+            edge_parts.append(edges.astype(np.int64))
+            (dist_parts if vectors is None else vec_parts).append(
+                (distances if vectors is None else vectors).astype(np.float32))
+            n_atoms[k + 1], n_edges[k + 1] = len(z), edges.shape[1]
+            bar.update(task, completed=k + 1)
     elapsed = time.perf_counter() - start
-    log.info("built %d graphs of %s in %.1f s (%.0f structures/s)", len(table), table.name, elapsed,
+    log.info("built %d %s of %s in %.1f s (%.0f structures/s)", len(table), what, table.name, elapsed,
              len(table) / max(elapsed, 1e-9))
+    edge_vec = torch.from_numpy(np.concatenate(vec_parts)) if vec_parts else None
     return GraphStore(
         ids=list(table.ids),
         z=torch.from_numpy(np.concatenate(z_parts)),
         edge_index=torch.from_numpy(np.concatenate(edge_parts, axis=1)),
-        distance=torch.from_numpy(np.concatenate(dist_parts)),
+        distance=torch.from_numpy(np.concatenate(dist_parts)) if edge_vec is None else edge_vec.norm(dim=1),
         atom_ptr=torch.from_numpy(np.cumsum(n_atoms)),
         edge_ptr=torch.from_numpy(np.cumsum(n_edges)),
+        edge_vec=edge_vec,
     )
+
+
+def build_graphs(table: PropertyTable, settings: GraphSettings, progress: bool = True) -> GraphStore:
+    """Radius graphs of every structure in ``table`` (no cache)."""
+
+    def graph_of(row_id: str, structure: Structure) -> StructureGraph:
+        senders, receivers, distances = neighbor_graph(structure, settings)
+        if len(distances) and distances.min() < MIN_DISTANCE:
+            log.warning("%s: structure %r has atoms %.3f Å apart (< %g Å): check the file", table.source,
+                        row_id, distances.min(), MIN_DISTANCE)
+        z = atomic_numbers(structure, f"{table.source}: structure {row_id!r}")
+        return z, np.stack([senders, receivers]), distances, None
+
+    return pack_graphs(table, graph_of, "graphs", progress)
 
 
 class RadiusGraph:

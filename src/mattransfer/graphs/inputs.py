@@ -9,6 +9,7 @@ bandgap), reuses them; only the rows a run uses are featurized.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -46,6 +47,27 @@ class InputStore(Protocol):
     def elements(self) -> list[set[int]]: ...
 
     def save(self, path: Path) -> None: ...
+
+
+@dataclass
+class PrefixBatch:
+    """A mini-batch with the state its encoder reached after its first ``start`` blocks, computed once
+    for the whole store (`training.prefix`): the encoder runs only its later blocks on it."""
+
+    inputs: InputBatch
+    state: dict[str, Tensor]
+    start: int
+
+    @property
+    def batch(self) -> Tensor:
+        return self.inputs.batch
+
+    @property
+    def num_graphs(self) -> int:
+        return self.inputs.num_graphs
+
+    def to(self, device: torch.device | str) -> PrefixBatch:
+        return PrefixBatch(self.inputs.to(device), {k: v.to(device) for k, v in self.state.items()}, self.start)
 
 
 class Featurizer(Protocol):

@@ -36,15 +36,47 @@ class GraphBatch:
         )
 
 
-def _concat_ranges(starts: Tensor, lengths: Tensor) -> Tensor:
+def concat_ranges(starts: Tensor, lengths: Tensor) -> Tensor:
     """``cat([arange(s, s + n) for s, n in zip(starts, lengths)])`` without a Python loop."""
     total = int(lengths.sum())
     offsets = torch.cumsum(lengths, 0) - lengths
     return torch.arange(total) + torch.repeat_interleave(starts - offsets, lengths, output_size=total)
 
 
+class PackedStore:
+    """What stores share that pack every structure's rows into a few tensors, with pointer arrays
+    (`parts`) saying which rows are whose: ids, positions, elements, and saving to and loading from the cache."""
+
+    ids: list[str]
+    z: Tensor  # (N,) atomic numbers
+    atom_ptr: Tensor  # (G + 1,) into z
+
+    def parts(self) -> dict[str, Tensor]:
+        """Each row kind's pointer array: structure k's atoms are rows atom_ptr[k]..atom_ptr[k + 1] - 1."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def positions(self, ids: Sequence[str]) -> Tensor:
+        """Row positions of ``ids``; unknown ids are a KeyError naming them."""
+        return positions_of(self.ids, ids)
+
+    def elements(self) -> list[set[int]]:
+        """The atomic numbers of each structure."""
+        return [set(part.tolist()) for part in torch.split(self.z, (self.atom_ptr[1:] - self.atom_ptr[:-1]).tolist())]
+
+    def save(self, path: Path) -> None:
+        with atomic_path(path) as tmp:  # a killed build never leaves a half-written cache
+            torch.save({f.name: getattr(self, f.name) for f in fields(self)}, tmp)
+
+    @classmethod
+    def load(cls, path: Path) -> PackedStore:
+        return cls(**torch.load(path, weights_only=True))
+
+
 @dataclass
-class GraphStore:
+class GraphStore(PackedStore):
     """Graphs of ``ids`` in one block; edges hold atom indices local to their graph."""
 
     ids: list[str]
@@ -55,19 +87,12 @@ class GraphStore:
     edge_ptr: Tensor  # (G + 1,) long
     edge_vec: Tensor | None = None  # (E, 3) float32, Å; its norm is ``distance``
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def positions(self, ids: Sequence[str]) -> Tensor:
-        """Row positions of ``ids``; unknown ids are a KeyError naming them."""
-        return positions_of(self.ids, ids)
-
     def subset(self, index: Tensor) -> GraphStore:
         """The graphs at positions ``index`` as a store of their own."""
         n_atoms = self.atom_ptr[index + 1] - self.atom_ptr[index]
         n_edges = self.edge_ptr[index + 1] - self.edge_ptr[index]
-        atoms = _concat_ranges(self.atom_ptr[index], n_atoms)
-        edges = _concat_ranges(self.edge_ptr[index], n_edges)
+        atoms = concat_ranges(self.atom_ptr[index], n_atoms)
+        edges = concat_ranges(self.edge_ptr[index], n_edges)
         zero = torch.zeros(1, dtype=torch.long)
         return GraphStore(
             ids=[self.ids[k] for k in index.tolist()], z=self.z[atoms], edge_index=self.edge_index[:, edges],
@@ -76,16 +101,15 @@ class GraphStore:
             edge_vec=None if self.edge_vec is None else self.edge_vec[edges],
         )
 
-    def elements(self) -> list[set[int]]:
-        """The atomic numbers of each graph."""
-        return [set(part.tolist()) for part in torch.split(self.z, (self.atom_ptr[1:] - self.atom_ptr[:-1]).tolist())]
+    def parts(self) -> dict[str, Tensor]:
+        return {"atom": self.atom_ptr, "edge": self.edge_ptr}
 
     def batch(self, index: Tensor) -> GraphBatch:
         """The graphs at positions ``index`` as one batch."""
         n_atoms = self.atom_ptr[index + 1] - self.atom_ptr[index]
         n_edges = self.edge_ptr[index + 1] - self.edge_ptr[index]
-        atoms = _concat_ranges(self.atom_ptr[index], n_atoms)
-        edges = _concat_ranges(self.edge_ptr[index], n_edges)
+        atoms = concat_ranges(self.atom_ptr[index], n_atoms)
+        edges = concat_ranges(self.edge_ptr[index], n_edges)
         first_atom = torch.cumsum(n_atoms, 0) - n_atoms
         shift = torch.repeat_interleave(first_atom, n_edges, output_size=edges.numel())
         return GraphBatch(
@@ -96,11 +120,3 @@ class GraphStore:
             num_graphs=len(index),
             edge_vec=None if self.edge_vec is None else self.edge_vec[edges],
         )
-
-    def save(self, path: Path) -> None:
-        with atomic_path(path) as tmp:  # a killed build never leaves a half-written cache
-            torch.save({f.name: getattr(self, f.name) for f in fields(self)}, tmp)
-
-    @classmethod
-    def load(cls, path: Path) -> GraphStore:
-        return cls(**torch.load(path, weights_only=True))

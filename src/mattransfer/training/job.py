@@ -30,6 +30,7 @@ from mattransfer.graphs.inputs import InputStore, cached_inputs, row_keys
 from mattransfer.models.domain import Domain
 from mattransfer.models.model import ModelConfig, TransferModel
 from mattransfer.training.latents import cached_latents
+from mattransfer.training.prefix import PrefixStore, frozen_blocks
 from mattransfer.training.metrics import regression_metrics
 from mattransfer.training.objectives import AuxiliaryClassification
 from mattransfer.training.trainer import Batches, EmbeddingBatches, FitResult, TrainingOptions, fit
@@ -179,6 +180,9 @@ def train_and_test(
     if "encoder" in model.frozen and objective is None:  # a frozen featurizer: encode once, train the head
         trained = model.head
         batches = {name: EmbeddingBatches(b, model.encoder, latent) for name, b in batches.items()}
+    elif frozen := frozen_blocks(model):  # frozen first blocks: their output once, the rest trains
+        inputs = PrefixStore(data.inputs, model.encoder, frozen, device)
+        batches = {name: Batches(inputs, b.positions, b.y, b.batch_size, device) for name, b in batches.items()}
     elif compile:  # in place: the state dict keeps its keys; compiled code is reused by later models
         model.encoder.compile(dynamic=True)
     result = fit(

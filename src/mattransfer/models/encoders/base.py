@@ -5,7 +5,9 @@ its options as a pydantic ``Config`` and registers itself with `register_encoder
 ``Encoder(config, graph_settings)`` with random weights. It declares:
 
 - ``featurizer()``: what turns structures into its input store (`graphs.inputs`), cached on disk;
-- ``atom_features(batch)``: per-atom vectors of a mini-batch of that store;
+- ``atom_features(batch)``: per-atom vectors of a mini-batch of that store; or instead
+  ``run_blocks`` and ``state_parts``, which run its blocks one after another on a state of named tensors
+  (then a ``freeze`` of the first blocks computes their output once, not every epoch: `training.prefix`);
 - ``blocks()``: its parts in order, input side first (``freeze`` freezes a prefix of them);
 - ``elements``: the atomic numbers it has weights for (others are a one-line error naming the structure);
 - ``pooling`` (a `pool` spec): how atom vectors become the crystal's vector, which the head reads.
@@ -28,7 +30,7 @@ from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
 from mattransfer.errors import ConfigError, DataError
-from mattransfer.graphs.inputs import Featurizer, InputBatch, InputStore
+from mattransfer.graphs.inputs import Featurizer, InputBatch, InputStore, PrefixBatch
 
 ENCODERS: dict[str, type[Encoder]] = {}
 
@@ -83,8 +85,20 @@ class Encoder(nn.Module):
         """Names of the encoder's parts (relative to it), in order from the input side."""
         raise NotImplementedError
 
-    def atom_features(self, batch: InputBatch) -> Tensor:  # (num_atoms, atom_dim)
+    # What each tensor of ``run_blocks``' state is indexed by: the name of a row kind of the encoder's input
+    # store (``store.parts()``: "atom", "edge", ...), whose pointer array gives each structure's rows.
+    state_parts: ClassVar[dict[str, str]] = {}
+
+    def run_blocks(self, batch: InputBatch, state: dict[str, Tensor] | None = None, start: int = 0,
+                   stop: int | None = None) -> dict[str, Tensor]:
+        """The state after blocks ``start``..``stop`` - 1 (`blocks`), from ``state`` (None: from ``batch``
+        alone, ``start`` 0); its ``"atom"`` entry after the last block is the atom features."""
         raise NotImplementedError
+
+    def atom_features(self, batch: InputBatch | PrefixBatch) -> Tensor:  # (num_atoms, atom_dim)
+        if isinstance(batch, PrefixBatch):
+            return self.run_blocks(batch.inputs, batch.state, batch.start)["atom"]
+        return self.run_blocks(batch)["atom"]
 
     @property
     def out_dim(self) -> int:

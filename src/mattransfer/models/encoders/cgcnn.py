@@ -82,9 +82,14 @@ class CGCNN(Encoder):
     def blocks(self) -> list[str]:
         return ["embedding", *(f"layers.{i}" for i in range(len(self.layers)))]
 
-    def atom_features(self, batch: GraphBatch) -> Tensor:
-        x = self.embedding(batch.z)
-        edge_attr = self.expansion(batch.distance)
-        for conv in self.layers:
-            x = F.softplus(conv(x, batch.edge_index, edge_attr))
-        return x
+    state_parts = {"atom": "atom"}
+
+    def run_blocks(self, batch: GraphBatch, state: dict[str, Tensor] | None = None, start: int = 0,
+                   stop: int | None = None) -> dict[str, Tensor]:
+        stop = len(self.layers) + 1 if stop is None else stop
+        x = self.embedding(batch.z) if start == 0 else state["atom"]
+        if stop > max(start, 1):
+            edge_attr = self.expansion(batch.distance)
+            for conv in self.layers[max(start, 1) - 1:stop - 1]:
+                x = F.softplus(conv(x, batch.edge_index, edge_attr))
+        return {"atom": x}

@@ -128,13 +128,18 @@ class CGCNNMP(Encoder):
     def blocks(self) -> list[str]:
         return ["embedding", *(f"convs.{i}" for i in range(len(self.convs)))]
 
-    def atom_features(self, batch: GraphBatch) -> Tensor:
-        edge_index, distance = _padded_edges(batch)
-        edge_attr = torch.exp(-((distance[:, None] - self.centers) ** 2) / GAUSSIAN_STEP ** 2)
-        x = self.embedding(self.atom_init[batch.z])
-        for conv in self.convs:
-            x = conv(x, edge_index, edge_attr)
-        return x
+    state_parts = {"atom": "atom"}
+
+    def run_blocks(self, batch: GraphBatch, state: dict[str, Tensor] | None = None, start: int = 0,
+                   stop: int | None = None) -> dict[str, Tensor]:
+        stop = len(self.convs) + 1 if stop is None else stop
+        x = self.embedding(self.atom_init[batch.z]) if start == 0 else state["atom"]
+        if stop > max(start, 1):
+            edge_index, distance = _padded_edges(batch)
+            edge_attr = torch.exp(-((distance[:, None] - self.centers) ** 2) / GAUSSIAN_STEP ** 2)
+            for conv in self.convs[max(start, 1) - 1:stop - 1]:
+                x = conv(x, edge_index, edge_attr)
+        return {"atom": x}
 
 
 def _padded_edges(batch: GraphBatch) -> tuple[Tensor, Tensor]:

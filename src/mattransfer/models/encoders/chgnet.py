@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,10 +33,8 @@ from torch import Tensor, nn
 
 from mattransfer.data.table import PropertyTable
 from mattransfer.errors import ConfigError
-from mattransfer.fileio import atomic_path
 from mattransfer.graphs.build import GraphSettings, atomic_numbers
-from mattransfer.graphs.inputs import positions_of
-from mattransfer.graphs.store import _concat_ranges
+from mattransfer.graphs.store import PackedStore, concat_ranges
 from mattransfer.models.encoders.base import Encoder, Pooling, register_encoder, register_pretrained
 
 log = logging.getLogger(__name__)
@@ -72,7 +70,7 @@ class CHGNetBatch:
 
 
 @dataclass
-class CHGNetGraphStore:
+class CHGNetGraphStore(PackedStore):
     """CHGNet graphs of ``ids`` in one block: indices local to each structure, four pointer arrays."""
 
     ids: list[str]
@@ -87,19 +85,12 @@ class CHGNetGraphStore:
     bond_ptr: Tensor  # into bond_length
     angle_ptr: Tensor  # into bond_graph, angle
 
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def positions(self, ids: Sequence[str]) -> Tensor:
-        return positions_of(self.ids, ids)
-
     def _gather(self, index: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """The rows of the structures at ``index`` (local indices) and each structure's row counts."""
         counts, rows = {}, {}
-        for part, ptr in (("atom", self.atom_ptr), ("directed", self.directed_ptr), ("bond", self.bond_ptr),
-                          ("angle", self.angle_ptr)):
+        for part, ptr in self.parts().items():
             counts[part] = ptr[index + 1] - ptr[index]
-            rows[part] = _concat_ranges(ptr[index], counts[part])
+            rows[part] = concat_ranges(ptr[index], counts[part])
         return {
             "z": self.z[rows["atom"]], "atom_graph": self.atom_graph[rows["directed"]],
             "directed2undirected": self.directed2undirected[rows["directed"]],
@@ -131,16 +122,8 @@ class CHGNetGraphStore:
             num_graphs=len(index),
         )
 
-    def elements(self) -> list[set[int]]:
-        return [set(part.tolist()) for part in torch.split(self.z, (self.atom_ptr[1:] - self.atom_ptr[:-1]).tolist())]
-
-    def save(self, path: Path) -> None:
-        with atomic_path(path) as tmp:  # a killed build never leaves a half-written cache
-            torch.save({f.name: getattr(self, f.name) for f in fields(self)}, tmp)
-
-    @classmethod
-    def load(cls, path: Path) -> CHGNetGraphStore:
-        return cls(**torch.load(path, weights_only=True))
+    def parts(self) -> dict[str, Tensor]:
+        return {"atom": self.atom_ptr, "directed": self.directed_ptr, "bond": self.bond_ptr, "angle": self.angle_ptr}
 
 
 def _geometry(graph: Any, atom_graph: Tensor) -> tuple[Tensor, Tensor]:
@@ -328,11 +311,15 @@ class CHGNet(Encoder):
     def blocks(self) -> list[str]:
         return ["embedding", *(f"interactions.{i}" for i in range(len(self.interactions)))]
 
-    def atom_features(self, batch: CHGNetBatch) -> Tensor:
-        state = self.embedding(batch)
-        for interaction in self.interactions:
+    state_parts = {"atom": "atom", "bond": "bond", "weights_ag": "bond", "weights_bg": "bond", "angle": "angle"}
+
+    def run_blocks(self, batch: CHGNetBatch, state: dict[str, Tensor] | None = None, start: int = 0,
+                   stop: int | None = None) -> dict[str, Tensor]:
+        stop = len(self.interactions) + 1 if stop is None else stop
+        state = self.embedding(batch) if start == 0 else state
+        for interaction in self.interactions[max(start, 1) - 1:max(stop, 1) - 1]:
             state = interaction(state, batch)
-        return state["atom"]
+        return state
 
 
 # CHGNet's state-dict prefixes → this encoder's; the energy MLP, magmom head and composition model are dropped

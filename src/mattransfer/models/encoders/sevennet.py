@@ -16,19 +16,16 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict
-from rich.progress import Progress
 from torch import Tensor, nn
 
 from mattransfer.data.table import PropertyTable
-from mattransfer.graphs.build import GraphSettings, atomic_numbers
+from mattransfer.graphs.build import GraphSettings, StructureGraph, atomic_numbers, pack_graphs
 from mattransfer.graphs.store import GraphBatch, GraphStore
 from mattransfer.models.encoders.base import Encoder, Pooling, register_encoder, register_pretrained
 
@@ -70,32 +67,12 @@ def sevennet_graph(structure: Any, where: str) -> tuple[np.ndarray, np.ndarray, 
 
 def build_sevennet_graphs(table: PropertyTable, progress: bool = True) -> GraphStore:
     """SevenNet graphs of every structure in ``table`` (no cache)."""
-    z_parts, edge_parts, vec_parts = [], [], []
-    n_atoms = np.zeros(len(table) + 1, dtype=np.int64)
-    n_edges = np.zeros(len(table) + 1, dtype=np.int64)
-    start = time.perf_counter()
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task(f"SevenNet graphs {table.name}", total=len(table))
-        for k, (row_id, structure) in enumerate(zip(table.ids, table.structures)):
-            z, edges, vectors = sevennet_graph(structure, f"{table.source}: structure {row_id!r}")
-            z_parts.append(z)
-            edge_parts.append(edges)
-            vec_parts.append(vectors)
-            n_atoms[k + 1], n_edges[k + 1] = len(z), edges.shape[1]
-            if k % 50 == 0:
-                bar.update(task, completed=k)
-    elapsed = time.perf_counter() - start
-    log.info("built %d SevenNet graphs of %s in %.1f s", len(table), table.name, elapsed)
-    edge_vec = torch.from_numpy(np.concatenate(vec_parts))
-    return GraphStore(
-        ids=list(table.ids),
-        z=torch.from_numpy(np.concatenate(z_parts)),
-        edge_index=torch.from_numpy(np.concatenate(edge_parts, axis=1)),
-        distance=edge_vec.norm(dim=1),
-        atom_ptr=torch.from_numpy(np.cumsum(n_atoms)),
-        edge_ptr=torch.from_numpy(np.cumsum(n_edges)),
-        edge_vec=edge_vec,
-    )
+
+    def graph_of(row_id: str, structure: Any) -> StructureGraph:
+        z, edges, vectors = sevennet_graph(structure, f"{table.source}: structure {row_id!r}")
+        return z, edges, None, vectors
+
+    return pack_graphs(table, graph_of, "SevenNet graphs", progress)
 
 
 class SevenNetGraph:
