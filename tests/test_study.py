@@ -377,6 +377,22 @@ def test_part2_is_planned_from_part1_results(tiny_study, tmp_path):
     assert pretrains["cap_note"].str.contains("1000 capped at 270").sum() == 1
 
 
+def test_report_of_a_study_gives_every_cell_a_bootstrap_ci(tiny_study, tmp_path):
+    """One seed, and still a CI per cell: the paired bootstrap over the tasks' test predictions."""
+    from mattransfer.report import write_report
+
+    root = copy_of(tiny_study, tmp_path)
+    text = write_report(root).read_text()
+    n_test = len(json.loads((root / "splits" / "demo_volume_test.json").read_text())["ids"])
+    cells = pd.read_csv(root / "report" / "part1_gain_cells.csv")
+    assert len(cells) == 4 and set(cells["ci_over"]) == {"test structures"}
+    assert (cells["gain_low"] <= cells["gain_mean"]).all() and (cells["gain_mean"] <= cells["gain_high"]).all()
+    assert set(cells.loc[cells["target"] == "demo_volume", "n_test"]) == {n_test}
+    assert cells["call"].isin(["helps", "hurts", "within noise"]).all() and cells["q_value"].notna().all()
+    assert "with heads: of 4 cells, 4 with a CI;" in text and "over 4 tested cells" in text
+    assert "n/a (1 seed)" not in text.split("## Tasks")[0]
+
+
 def test_dask_executor(tiny_study, tmp_path):
     from dask.distributed import LocalCluster
 

@@ -44,7 +44,7 @@ def absolute_errors(study_dir: Path | None, task_hashes: list[str]) -> np.ndarra
     study = StudyDir(study_dir)
     frames = []
     for task_hash in task_hashes:
-        path = study.task_dir(task_hash) / "test_predictions.csv"
+        path = study.task_dir(str(task_hash)) / "test_predictions.csv"
         if not path.is_file():
             return None
         frame = pd.read_csv(path, dtype={"id": str}).set_index("id")
@@ -149,7 +149,9 @@ def with_intervals(cells: pd.DataFrame, paired: pd.DataFrame, keys: list[str],
                    study_dir: Path | None) -> pd.DataFrame:
     """``gain_cells``' table with the CI columns, a Wilcoxon p over seeds (from 6 seeds), the call
     (helps / hurts / within noise / untested) and the Benjamini–Hochberg q-value of each method's cells."""
-    cells = cells.drop(columns=[c for c in CI_COLUMNS if c in cells.columns and c != "n_test"])
+    if cells.empty:
+        return cells.assign(**{c: pd.Series(dtype=float) for c in
+                               [*CI_COLUMNS, "p_wilcoxon", "call", "p_cell", "q_value"] if c not in cells.columns})
     intervals = cell_intervals(paired, keys, study_dir)
     cells = cells.drop(columns="n_test", errors="ignore").merge(intervals, on=keys, how="left")
     cells["p_wilcoxon"] = _seed_wilcoxon(paired, keys).reindex(
@@ -255,3 +257,15 @@ def gain_change(study_dir: Path | None, scratch: list[str], first: list[str], se
     per_seed = pd.Series(np.asarray(second_gains, float) - np.asarray(first_gains, float))
     interval = _seed_interval(per_seed)
     return float(per_seed.mean()), interval["gain_low"], interval["gain_high"], interval["ci_over"]
+
+
+def paired_gain_change(paired: pd.DataFrame, column: str, first: object, second: object,
+                       study_dir: Path | None) -> tuple[float, float, float, str]:
+    """``gain_change`` of the rows of ``paired`` (one cell's seeds, ``transfer_gain`` columns) at
+    ``column == second`` minus those at ``column == first``, on the seeds both have."""
+    a = paired[paired[column] == first].set_index("seed")
+    b = paired[paired[column] == second].set_index("seed")
+    seeds = sorted(set(a.index) & set(b.index))
+    a, b = a.loc[seeds], b.loc[seeds]
+    return gain_change(study_dir, list(a["scratch_hash"]), list(a["task_hash"]), list(b["task_hash"]),
+                       a["gain"], b["gain"])
