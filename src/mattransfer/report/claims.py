@@ -58,8 +58,7 @@ def summary(results_dir: Path) -> str:
     per_method = "; ".join(
         f"`{r.method}` {r.helps} helped and {r.hurts} hurt of {r.cells} cells ({r.tested} with a CI, "
         f"{r.helps_fdr} and {r.hurts_fdr} after FDR control)" if r.tested else
-        f"`{r.method}` had a positive gain in {int((cells.loc[cells['method'] == r.method, 'gain_mean'] > 0).sum())} "
-        f"of {r.cells} cells" for r in counts.itertuples())
+        f"`{r.method}` had a positive gain in {r.positive} of {r.cells} cells" for r in counts.itertuples())
     pairs = an.pair_gains(cells)
     full = pairs[pairs["method"] == "full"].nlargest(2, "gain_mean")
     top = ", ".join(f"{r.target} ← {r.source} {_pct(r.gain_mean)}" for r in full.itertuples())

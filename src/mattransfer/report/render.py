@@ -348,7 +348,8 @@ def _count_sentence(row) -> str:
     """One method's helps / hurts counts: by CI, and after FDR control."""
     if row.tested == 0:
         return (f"with {row.method}: {row.cells} cells, none with a confidence interval (one seed and no test "
-                "predictions), so no cell is called helped or hurt.")
+                f"predictions), so no cell is called helped or hurt; as uncalled point estimates, the gain is "
+                f"positive in {row.positive} and negative in {row.negative}.")
     return (f"with {row.method}: of {row.cells} cells, {row.tested} with a CI; transfer helps in {row.helps} and "
             f"hurts in {row.hurts} (CI excludes 0), {row.within_noise} within noise; after Benjamini–Hochberg "
             f"FDR control at {ALPHA:g} over {row.fdr_tested} tested cells, {row.helps_fdr} help and "

@@ -195,8 +195,9 @@ def bh_q_values(p_values: np.ndarray) -> np.ndarray:
 
 
 def method_counts(cells: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
-    """Per method: cells, cells with a CI (tested), helps / hurts / within noise by CI, and helps / hurts
-    that keep q < ``alpha`` after Benjamini–Hochberg over the method's tested cells."""
+    """Per method: cells, cells with a CI (tested), helps / hurts / within noise by CI, cells with a positive
+    and a negative mean gain (uncalled point estimates), and helps / hurts that keep q < ``alpha`` after
+    Benjamini–Hochberg over the method's tested cells."""
     rows = []
     for method, group in cells.groupby("method"):
         significant = group["q_value"] < alpha
@@ -204,11 +205,12 @@ def method_counts(cells: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
             "method": method, "cells": len(group), "tested": int((group["call"] != "untested").sum()),
             "helps": int((group["call"] == "helps").sum()), "hurts": int((group["call"] == "hurts").sum()),
             "within_noise": int((group["call"] == "within noise").sum()),
+            "positive": int((group["gain_mean"] > 0).sum()), "negative": int((group["gain_mean"] < 0).sum()),
             "helps_fdr": int((significant & (group["gain_mean"] > 0)).sum()),
             "hurts_fdr": int((significant & (group["gain_mean"] < 0)).sum()),
             "fdr_tested": int(group["q_value"].notna().sum()),
         })
-    return pd.DataFrame(rows, columns=["method", "cells", "tested", "helps", "hurts", "within_noise",
+    return pd.DataFrame(rows, columns=["method", "cells", "tested", "helps", "hurts", "within_noise", "positive", "negative",
                                        "helps_fdr", "hurts_fdr", "fdr_tested"])
 
 
