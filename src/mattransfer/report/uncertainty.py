@@ -66,29 +66,32 @@ def _mean_gain(scratch: np.ndarray, transfer: np.ndarray, axis: int = -1) -> np.
     return ((mae_scratch - transfer.mean(axis=axis)) / mae_scratch).mean(axis=0)
 
 
-def _mean_diff(scratch: np.ndarray, transfer: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Mean over seeds of MAE_scratch − MAE_TL (in the target's unit)."""
-    return (scratch.mean(axis=axis) - transfer.mean(axis=axis)).mean(axis=0)
+def _gain_and_diff(scratch: np.ndarray, transfer: np.ndarray, axis: int = -1) -> np.ndarray:
+    """``_mean_gain`` and the mean over seeds of MAE_scratch − MAE_TL (in the target's unit), stacked:
+    one bootstrap serves both."""
+    mae_scratch, mae_transfer = scratch.mean(axis=axis), transfer.mean(axis=axis)
+    return np.stack([((mae_scratch - mae_transfer) / mae_scratch).mean(axis=0),
+                     (mae_scratch - mae_transfer).mean(axis=0)])
 
 
 def bootstrap_ci(arrays: list[np.ndarray], statistic: Statistic, *, confidence: float = CONFIDENCE,
-                 n_resamples: int = N_RESAMPLES) -> tuple[float, float, float]:
+                 n_resamples: int = N_RESAMPLES) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Statistic and its percentile CI, resampling test structures (last axis) jointly across ``arrays``.
 
     Each array is (seeds, n_test) of absolute errors on the same test structures; ``statistic`` takes
-    the arrays and ``axis`` and reduces the seed axis (axis 0) itself.
+    the arrays and ``axis`` and reduces the seed axis (axis 0) itself; it may return several values.
     """
     arrays = [np.atleast_2d(np.asarray(a, dtype=float)) for a in arrays]
-    point = float(statistic(*arrays, axis=-1))
+    point = np.asarray(statistic(*arrays, axis=-1), dtype=float)
     if arrays[0].shape[-1] < 2:
-        return point, float("nan"), float("nan")
+        return point, np.full_like(point, np.nan), np.full_like(point, np.nan)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)  # identical errors: CI [x, x]
         result = stats.bootstrap(arrays, statistic, paired=True, vectorized=True, axis=-1, method="percentile",
                                  confidence_level=confidence, n_resamples=n_resamples, batch=200,
                                  rng=np.random.default_rng(BOOTSTRAP_SEED))
     low, high = result.confidence_interval
-    return point, float(low), float(high)
+    return point, np.asarray(low, dtype=float), np.asarray(high, dtype=float)
 
 
 def paired_gain(scratch: np.ndarray, transfer: np.ndarray, **options) -> dict[str, float]:
@@ -98,10 +101,11 @@ def paired_gain(scratch: np.ndarray, transfer: np.ndarray, **options) -> dict[st
     The t-test compares the seed-averaged errors per structure (the MAE difference is their mean difference).
     """
     scratch, transfer = np.atleast_2d(scratch), np.atleast_2d(transfer)
-    gain, gain_low, gain_high = bootstrap_ci([scratch, transfer], _mean_gain, **options)
-    diff, diff_low, diff_high = bootstrap_ci([scratch, transfer], _mean_diff, **options)
-    return {"n_test": scratch.shape[-1], "gain": gain, "gain_low": gain_low, "gain_high": gain_high,
-            "diff": diff, "diff_low": diff_low, "diff_high": diff_high,
+    (gain, diff), (gain_low, diff_low), (gain_high, diff_high) = bootstrap_ci([scratch, transfer], _gain_and_diff,
+                                                                              **options)
+    return {"n_test": scratch.shape[-1], "gain": float(gain), "gain_low": float(gain_low),
+            "gain_high": float(gain_high), "diff": float(diff), "diff_low": float(diff_low),
+            "diff_high": float(diff_high),
             "p_structures": _ttest(scratch.mean(axis=0), transfer.mean(axis=0))}
 
 
@@ -255,7 +259,8 @@ def gain_change(study_dir: Path | None, scratch: list[str], first: list[str], se
     if all(e is not None for e in errors) and len({e.shape for e in errors}) == 1:
         def change(s: np.ndarray, a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
             return _mean_gain(s, b, axis) - _mean_gain(s, a, axis)
-        return (*bootstrap_ci(errors, change), "test structures")
+        point, low, high = bootstrap_ci(errors, change)
+        return float(point), float(low), float(high), "test structures"
     per_seed = pd.Series(np.asarray(second_gains, float) - np.asarray(first_gains, float))
     interval = _seed_interval(per_seed)
     return float(per_seed.mean()), interval["gain_low"], interval["gain_high"], interval["ci_over"]
