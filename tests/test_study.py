@@ -395,6 +395,9 @@ def test_report_of_a_study_gives_every_cell_a_bootstrap_ci(tiny_study, tmp_path)
     assert cells["call"].isin(["helps", "hurts", "within noise"]).all() and cells["q_value"].notna().all()
     assert "with heads: of 4 cells, 4 with a CI;" in text and "over 4 tested cells" in text
     assert "n/a (1 seed)" not in text.split("## Tasks")[0]
+    assert f"(n_test {n_test})" in text or f"n_test {n_test}" in text
+    if (cells["gain_mean"] < 0).any():  # negative cells are listed with their CI: "-12.3 % [-20.1, -4.0]"
+        assert "% [" in text.split("### Where transfer helps")[1]
 
 
 def test_dask_executor(tiny_study, tmp_path):
