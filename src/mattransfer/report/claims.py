@@ -50,8 +50,7 @@ def summary(results_dir: Path) -> str:
     predictions = un.has_predictions(results_dir)
     broken = un.broken_baselines(results)
     rows1 = an.finetune_rows(results, 1)
-    paired = transfer_gain(rows1)
-    paired = paired[~paired["scratch_hash"].isin(broken["task_hash"])]
+    paired = un.usable(transfer_gain(rows1), broken)
     keys = [*an.PAIR, "method", "finetune_size"]
     cells = un.with_intervals(an.gain_cells(paired, keys), paired, keys, results_dir)
     counts = un.method_counts(cells)

@@ -60,9 +60,8 @@ def write_report(study_dir: Path) -> Path:
     broken = un.broken_baselines(results)
     _broken_baselines(doc, broken)
     rows1 = an.finetune_rows(results, 1)
-    paired1 = transfer_gain(rows1)
-    cells1 = _cells(paired1, [*an.PAIR, "method", "finetune_size"], broken, study_dir)
-    paired1 = paired1[~paired1["scratch_hash"].isin(broken["task_hash"])]
+    paired1 = un.usable(transfer_gain(rows1), broken)
+    cells1 = _cells(paired1, [*an.PAIR, "method", "finetune_size"], study_dir)
     answers = [
         *_part1(doc, rows1, cells1),
         *_relatedness(doc, cells1, an.load_relatedness(study_dir)),
@@ -224,9 +223,8 @@ def _tasks(doc: _Document, results: pd.DataFrame, planned: dict[int, int] | None
     doc.text(STATISTICS_NOTE)
 
 
-def _cells(paired: pd.DataFrame, keys: list[str], broken: pd.DataFrame, study_dir: Path) -> pd.DataFrame:
-    """``gain_cells`` with CIs, calls and BH q-values; gains against flagged baselines left out."""
-    paired = paired[~paired["scratch_hash"].isin(broken["task_hash"])]
+def _cells(paired: pd.DataFrame, keys: list[str], study_dir: Path) -> pd.DataFrame:
+    """``gain_cells`` with CIs, calls and BH q-values."""
     return un.with_intervals(an.gain_cells(paired, keys), paired, keys, study_dir)
 
 
@@ -423,8 +421,8 @@ def _part2(doc: _Document, rows: pd.DataFrame, cells1: pd.DataFrame, paired1: pd
     if left_out:
         doc.text(f"Left out: the Part 2 curves of {', '.join(left_out)}, whose scratch baseline is flagged as "
                  "broken (see Tasks); their MAEs are in the figure.")
-    paired = paired[~paired["scratch_hash"].isin(broken["task_hash"])]
-    cells = _cells(transfer_gain(rows), [*an.PAIR, "method", "pretrain_size"], broken, study_dir)
+    paired = un.usable(paired, broken)
+    cells = _cells(paired, [*an.PAIR, "method", "pretrain_size"], study_dir)
     growth = an.scaling_growth(cells)
     if growth.empty:
         doc.text("No usable scratch baselines paired with the Part 2 runs: gains cannot be computed.")

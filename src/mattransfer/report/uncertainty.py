@@ -248,6 +248,11 @@ def broken_baselines(results: pd.DataFrame, drop: float = R2_DROP) -> pd.DataFra
                                           "reference", "reference_r2", "task_hash"])
 
 
+def usable(paired: pd.DataFrame, broken: pd.DataFrame) -> pd.DataFrame:
+    """``transfer_gain`` rows without those paired with a flagged scratch baseline (``broken_baselines``)."""
+    return paired[~paired["scratch_hash"].isin(broken["task_hash"])]
+
+
 # --- data vs physics --------------------------------------------------------------------------------------
 
 def gain_change(study_dir: Path | None, scratch: list[str], first: list[str], second: list[str],
