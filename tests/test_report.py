@@ -199,19 +199,21 @@ def test_negative_cells_listed(study):
     listed = re.findall(r"^\| (\w+) → (\w+) \| (\w+) \| ([\d,]+) \| ([+-][\d.]+) %", markdown, flags=re.M)
     expected = {("dielectric", "phonons", "heads", str(n), "-15.0") for n in SIZES}
     assert set(listed) == expected
-    assert f"hurt in {len(SIZES)} (" in markdown
+    assert "with heads: of 18 cells, 18 with a CI; transfer helps in" in markdown
+    assert f"hurts in {len(SIZES)} (CI excludes 0)" in markdown  # counted per method, never mixed
+    assert "| dielectric → phonons | heads | 10 | -15.0 % [" in markdown and "(n_test 200)" in markdown
 
 
 def test_answers_for_every_part(study):
     _, markdown = study
     answers = markdown.split("## Answers")[1].split("## Tasks")[0]
-    for topic in ["Best source per target", "Relatedness vs transfer: with full", "Data vs physics:",
+    for topic in ["Best source per target", "Relatedness vs transfer: with full", "Data vs physics, like for like",
                   "Whole network vs head:", "Structure bias:"]:
         assert topic in answers
     assert "not answered" not in answers
     assert "**gvrh → phonons**: full beats heads at n = 100, 500; heads wins at n = 10" in markdown
     assert "n = 100, full: best λ = 0.1" in markdown
-    assert "9,000" in markdown and "1,000 to 9,000 samples" in markdown  # capped pre-training size used
+    assert "9,000" in markdown and "1,000 → 9,000 samples" in markdown  # capped pre-training size used
 
 
 def test_failures_and_missing_parts_reported(tmp_path, study):
@@ -223,9 +225,11 @@ def test_failures_and_missing_parts_reported(tmp_path, study):
     synthetic_results(seeds=[0], parts=(1,)).to_csv(tmp_path / "results.csv", index=False)
     text = write_report(tmp_path).read_text()
     for part in (2, 3, 4):
-        assert f"| {an.PARTS[part]} | 0 | 0 | 0 | 0 | missing (no tasks) |" in text
+        assert f"| {an.PARTS[part]} | 0 | 0 | 0 | 0 | not in this study |" in text
     assert "Data vs physics: not answered" in text and "Relatedness vs transfer: not answered" in text
     assert "n/a (1 seed)" in text
+    # one seed and no predictions: no CI, so nothing is called helped or hurt
+    assert "none with a confidence interval (one seed and no test predictions)" in text
     assert {p.stem for p in (tmp_path / "report" / "figures").glob("*.png")} == {
         "part1_gain_full", "part1_gain_heads", "part1_learning_full", "part1_learning_heads"}
 
@@ -241,13 +245,13 @@ def test_tasks_not_run_yet_come_from_the_plan(tmp_path):
     assert (f"| {an.PARTS[1]} | {len(status) + 7} | {done} | {failed} | 7 | incomplete: 7 not run yet, {failed} failed |"
             in text) and failed == 1
     assert f"| {an.PARTS[2]} | 1 | 0 | 0 | 1 | incomplete: 1 not run yet |" in text
-    assert f"| {an.PARTS[3]} | 0 | 0 | 0 | 0 | missing (no tasks) |" in text
+    assert f"| {an.PARTS[3]} | 0 | 0 | 0 | 0 | not in this study |" in text
 
 
 def test_empty_results_table(tmp_path):
     pd.DataFrame(columns=SCHEMA).to_parquet(tmp_path / "results.parquet")
     text = write_report(tmp_path).read_text()
-    assert text.count("missing (no tasks)") == 4 and text.count("not answered") == 5
+    assert text.count("not in this study") == 4 and text.count("not answered") == 5
     assert (tmp_path / "report" / "report.html").is_file()
 
 
@@ -324,3 +328,25 @@ def test_tables_from_one_file_share_every_material():
     result = property_relatedness(tables).set_index(["source", "target"])
     assert result.loc[("eform", "bandgap"), "n_shared"] == len(structures)
     assert result.loc[("eform", "bandgap"), "spearman_rho"] == pytest.approx(1.0)
+
+
+def test_data_vs_physics_like_for_like(study):
+    _, markdown = study
+    # gain 0.10 at 1,000 and 0.10 + 0.05·log10(9) at 9,000; Part 1 spread on phonons with full: 0.30 − 0.10
+    change = 100 * 0.05 * np.log10(9)
+    assert f"**phonons** (full): gvrh pre-trained on 1,000 → 9,000 samples changed the gain by +{change:.1f} pp [" \
+           in markdown
+    assert "the best source (gvrh) minus the worst (dielectric) is +20.0 pp [" in markdown
+    assert "the choice of source moved the gain more than more pre-training data" in markdown
+
+
+def test_a_broken_scratch_baseline_is_flagged_not_divided_by(tmp_path):
+    results = synthetic_results(parts=(1, 2))
+    broken = (results["part"] == 2) & (results["method"] == "scratch") & (results["target"] == "phonons")
+    results.loc[broken, "test_r2"] = 0.3  # the 500-sample scratch runs of phonons have R² 0.8
+    results.to_parquet(tmp_path / "results.parquet")
+    text = write_report(tmp_path).read_text()
+    assert "### Scratch baselines flagged as broken" in text
+    assert "| phonons | 900 | 0 |" in text and "scratch at n = 500 (R² 0.80)" in text
+    assert "Left out: the Part 2 curves of phonons" in text
+    assert "| gvrh → phonons | full | 1,000 → 9,000 |" not in text and "| gvrh → dielectric | full |" in text

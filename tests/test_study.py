@@ -110,18 +110,22 @@ def test_paper_task_counts_per_part():
 
     part1 = n * (k + k * (k - 1) * s * m1 + k * s)  # pre-trainings, transfer fine-tunes, scratch
     sources3, targets3 = {a for a, _ in p3}, {b for _, b in p3}
-    part3 = n * (len(sources3) + len(p3) * s * len(m3) + len(targets3) * s)
+    n3 = len(paper.part3.seeds)  # Part 3 has seeds of its own: five
+    per_seed3 = len(sources3) + len(p3) * s * len(m3) + len(targets3) * s
+    part3 = n3 * per_seed3
     part4 = n * (lambdas + lambdas * s * m4 + s)
-    assert [len(plan.in_part(p)) for p in (1, 3, 4)] == [part1, part3, part4] == [1386, 219, 147]
+    assert [len(plan.in_part(p)) for p in (1, 3, 4)] == [part1, part3, part4] == [1386, 365, 147]
+    assert n3 == 5 and set(paper.seeds) < set(paper.part3.seeds)
 
-    # Shared tasks run once: Part 3's full/heads and Part 4's λ = 0 runs are Part 1 tasks.
-    new3 = n * len(p3) * s * len(set(m3) - set(paper.part1.methods))
+    # Shared tasks run once: Part 3's full/heads and Part 4's λ = 0 runs of the study's seeds are Part 1 tasks.
+    new3 = n * len(p3) * s * len(set(m3) - set(paper.part1.methods)) + (n3 - n) * per_seed3
     new4 = n * (lambdas - 1) * (1 + s * m4)
     part2 = n * len(paper.part2.sources) * 4  # pre-trainings only: 50k and 100k cap to one (the fine-tunes come later)
     assert len(plan.in_part(2)) == part2
     assert len(plan) == part1 + new3 + new4 + part2
     bandgap_pretrains = [t for t in plan if t.kind == "pretrain" and t.dataset == "bandgap" and t.size == 941 and not t.aux_lambda]
-    assert len(bandgap_pretrains) == n and all(t.parts == {1, 3, 4} for t in bandgap_pretrains)
+    assert len(bandgap_pretrains) == n3
+    assert [t.parts for t in sorted(bandgap_pretrains, key=lambda t: t.seed)] == [{1, 3, 4}] * n + [{3}] * (n3 - n)
 
     # Part 1 pre-training is capped at piezo's pool, and the cap is recorded.
     piezo = next(t for t in plan if t.kind == "pretrain" and t.dataset == "piezo")
@@ -375,6 +379,25 @@ def test_part2_is_planned_from_part1_results(tiny_study, tmp_path):
     pretrains = results(root).query("part == 2 and kind == 'pretrain'")
     assert sorted(pretrains["pretrain_size"]) == [20, 270]
     assert pretrains["cap_note"].str.contains("1000 capped at 270").sum() == 1
+
+
+def test_report_of_a_study_gives_every_cell_a_bootstrap_ci(tiny_study, tmp_path):
+    """One seed, and still a CI per cell: the paired bootstrap over the tasks' test predictions."""
+    from mattransfer.report import write_report
+
+    root = copy_of(tiny_study, tmp_path)
+    text = write_report(root).read_text()
+    n_test = len(json.loads((root / "splits" / "demo_volume_test.json").read_text())["ids"])
+    cells = pd.read_csv(root / "report" / "part1_gain_cells.csv")
+    assert len(cells) == 4 and set(cells["ci_over"]) == {"test structures"}
+    assert (cells["gain_low"] <= cells["gain_mean"]).all() and (cells["gain_mean"] <= cells["gain_high"]).all()
+    assert set(cells.loc[cells["target"] == "demo_volume", "n_test"]) == {n_test}
+    assert cells["call"].isin(["helps", "hurts", "within noise"]).all() and cells["q_value"].notna().all()
+    assert "with heads: of 4 cells, 4 with a CI;" in text and "over 4 tested cells" in text
+    assert "n/a (1 seed)" not in text.split("## Tasks")[0]
+    assert f"(n_test {n_test})" in text or f"n_test {n_test}" in text
+    if (cells["gain_mean"] < 0).any():  # negative cells are listed with their CI: "-12.3 % [-20.1, -4.0]"
+        assert "% [" in text.split("### Where transfer helps")[1]
 
 
 def test_dask_executor(tiny_study, tmp_path):

@@ -48,7 +48,7 @@ def load_results(study_dir: Path) -> pd.DataFrame:
     elif parquet.is_file():
         frame = pd.read_parquet(parquet)
     elif csv.is_file():
-        frame = pd.read_csv(csv)
+        frame = pd.read_csv(csv, dtype={"task_hash": str})  # a hash of digits only must stay text
     else:
         raise DataError(f"{study_dir}: no results.parquet or results.csv; run the study there first.")
     frame = frame.reindex(columns=[*frame.columns, *(c for c in OPTIONAL if c not in frame.columns)])
@@ -177,14 +177,6 @@ def relatedness_test(cells: pd.DataFrame, relatedness: pd.DataFrame) -> pd.DataF
             rho, p_value = float(result.statistic), float(result.pvalue)
         rows.append({"method": method, "n_pairs": len(group), "spearman_rho": rho, "p_value": p_value})
     return pd.DataFrame(rows, columns=["method", "n_pairs", "spearman_rho", "p_value"])
-
-
-def source_spread(cells: pd.DataFrame, finetune_size: float) -> pd.DataFrame:
-    """Per target and method at one fine-tune size: best minus worst source gain (≥2 sources)."""
-    at_size = cells[cells["finetune_size"] == finetune_size]
-    spread = at_size.groupby(["target", "method"])["gain_mean"].agg(["max", "min", "count"])
-    spread = spread[spread["count"] >= 2]
-    return (spread["max"] - spread["min"]).rename("spread").reset_index()
 
 
 def scaling_growth(cells: pd.DataFrame) -> pd.DataFrame:

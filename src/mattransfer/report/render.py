@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from mattransfer.data.registry import STUDY_KEYS
 from mattransfer.report import analysis as an
+from mattransfer.report import uncertainty as un
 from mattransfer.report.figures import METHOD_COLORS, curves_figure, heatmap_figure, save
 from mattransfer.study.results import transfer_gain
 
@@ -29,11 +30,19 @@ GAIN_COLOR_LIMIT = 100.0  # % — colours saturate here so one disastrous cell d
 STATISTICS_NOTE = (
     "Transfer gain = (MAE_scratch − MAE_TL) / MAE_scratch, where the scratch model is trained on the very same "
     "fine-tune subset (same target, size and seed); a cell's gain is the mean of its per-seed gains. "
-    "Paired test per cell: a two-sided paired t-test (`scipy.stats.ttest_rel`) of TL vs scratch test MAE over "
-    "seeds, each seed a pair on one shared subset and the fixed test set; with one seed it is n/a (1 seed). "
-    "A Wilcoxon signed-rank test cannot reach p < 0.05 with fewer than 6 seed pairs, and per-test-sample errors "
-    "are not in the results table, so the t-test it is; with 2–3 seeds its power is low, so read the p-values "
-    f"as indicative. Statements call a difference significant at p < {ALPHA}."
+    f"Every cell's gain carries a {100 * un.CONFIDENCE:.0f} % confidence interval: with the tasks' "
+    "`test_predictions.csv`, a paired bootstrap over the test structures (`scipy.stats.bootstrap`, "
+    f"{un.N_RESAMPLES} resamples, percentile; one resample index for the transfer and the scratch errors of "
+    "every seed), which measures test-set noise for one seed too; without predictions and with ≥2 seeds, the "
+    "t interval of the mean per-seed gain; else none (untested). A difference is called (helps / hurts) only "
+    "when its CI excludes zero, else it is within noise. n_test is the number of test structures. "
+    "Over seeds: a two-sided paired t-test (`scipy.stats.ttest_rel`) of TL vs scratch test MAE (n/a with 1 seed), "
+    f"and a Wilcoxon signed-rank test from {un.WILCOXON_MIN_PAIRS} seeds. Helps / hurts counts are per method and "
+    "also given after Benjamini–Hochberg control of the false discovery rate "
+    "(`scipy.stats.false_discovery_control`) over each method's tested cells, each cell's p from a paired "
+    f"t-test over test structures (else over seeds). Scratch runs whose R² is ≥ {un.R2_DROP} below the same "
+    "target's scratch at the next smaller size (or its other seeds) are flagged as broken and no gain is "
+    f"computed against them. Statements call a difference significant at p < {ALPHA}."
 )
 
 
@@ -48,12 +57,15 @@ def write_report(study_dir: Path) -> Path:
     doc = _Document(study_dir / "report")
     doc.prepare()
     _tasks(doc, results, an.planned_tasks(study_dir))
+    broken = un.broken_baselines(results)
+    _broken_baselines(doc, broken)
     rows1 = an.finetune_rows(results, 1)
-    cells1 = an.gain_cells(transfer_gain(rows1), [*an.PAIR, "method", "finetune_size"])
+    paired1 = un.usable(transfer_gain(rows1), broken)
+    cells1 = _cells(paired1, [*an.PAIR, "method", "finetune_size"], study_dir)
     answers = [
         *_part1(doc, rows1, cells1),
         *_relatedness(doc, cells1, an.load_relatedness(study_dir)),
-        *_part2(doc, an.finetune_rows(results, 2), cells1),
+        *_part2(doc, an.finetune_rows(results, 2), cells1, paired1, broken, study_dir),
         *_part3(doc, an.finetune_rows(results, 3)),
         *_part4(doc, an.finetune_rows(results, 4)),
     ]
@@ -126,6 +138,28 @@ def _significantly(rows: pd.DataFrame, n_seeds: str) -> str:
     return f"{int((tested & (rows['p_value'] < ALPHA)).sum())} significantly"
 
 
+def _gain_ci(gain: float, low: float, high: float) -> str:
+    """A gain with its CI: "+12.0 % [+3.1, +20.2]"; no CI: "+12.0 % (no CI)"."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"{_pct(gain)} (no CI)"
+    return f"{_pct(gain)} [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
+def _pp_ci(change: float, low: float, high: float) -> str:
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"{_pp(change)} (no CI)"
+    return f"{_pp(change)} [{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
+def _q(q_value: float) -> str:
+    return f"{q_value:.2g}" if np.isfinite(q_value) else "n/a"
+
+
+def _mae_n(mae: str, unit: str, n_test: float) -> str:
+    """An MAE with its test-set size."""
+    return f"{mae} {unit} (n_test {_n(n_test)})" if np.isfinite(n_test) else f"{mae} {unit}"
+
+
 def _pm(mean: float, std: float) -> str:
     return f"{mean:.4g} ± {std:.2g}" if np.isfinite(std) else f"{mean:.4g}"
 
@@ -148,7 +182,7 @@ def _pair(source: str, target: str) -> str:
 
 def _state(tasks: int, failed: int, not_run: int) -> str:
     if tasks == 0:
-        return "missing (no tasks)"
+        return "not in this study"
     left = [f"{n} {what}" for n, what in ((not_run, "not run yet"), (failed, "failed")) if n]
     return f"incomplete: {', '.join(left)}" if left else "all tasks done"
 
@@ -187,6 +221,25 @@ def _tasks(doc: _Document, results: pd.DataFrame, planned: dict[int, int] | None
         doc.text("Sizes capped at what the data holds:")
         doc.bullets([f"{note} ({count} tasks)" for note, count in caps.items()])
     doc.text(STATISTICS_NOTE)
+
+
+def _cells(paired: pd.DataFrame, keys: list[str], study_dir: Path) -> pd.DataFrame:
+    """``gain_cells`` with CIs, calls and BH q-values."""
+    return un.with_intervals(an.gain_cells(paired, keys), paired, keys, study_dir)
+
+
+def _broken_baselines(doc: _Document, broken: pd.DataFrame) -> None:
+    if broken.empty:
+        return
+    doc.heading("Scratch baselines flagged as broken", 3)
+    doc.text(f"These scratch runs have a test R² at least {un.R2_DROP} below their reference; no transfer gain is "
+             "computed against them (their fine-tunes appear in the figures, not in the gain tables).")
+    doc.table(pd.DataFrame({
+        "target": broken["target"], "fine-tune n": broken["finetune_size"].map(_n), "seed": broken["seed"],
+        "test MAE": [f"{m:.4g} {u}" for m, u in zip(broken["test_mae"], broken["unit"])],
+        "R²": broken["test_r2"].map("{:.2f}".format),
+        "reference": [f"{w} (R² {r:.2f})" for w, r in zip(broken["reference"], broken["reference_r2"])],
+    }))
 
 
 def _part1(doc: _Document, rows: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
@@ -239,10 +292,11 @@ def _gain_heatmaps(doc: _Document, cells: pd.DataFrame, names: list[str]) -> Non
         panels = {f"fine-tune n = {_n(size)}": 100 * _matrix(group, "gain_mean", names)
                   for size, group in by_method.groupby("finetune_size")}
         title = f"Part 1 — transfer gain (%), {method} fine-tuning"
-        figure = heatmap_figure(panels, title=title, colorbar_label="gain (%) = (MAE_scratch − MAE_TL) / MAE_scratch",
+        figure = heatmap_figure(panels, title=title, colorbar_label="transfer gain (%)",
                                 fmt="{:+.0f}", cmap="RdBu", vmin=-limit, vmax=limit)
         doc.figure(figure, f"part1_gain_{method}",
-                   f"{title}, mean over seeds; blue: transfer helps, red: it hurts; grey: not run.")
+                   f"{title}: (MAE_scratch − MAE_TL) / MAE_scratch, mean over seeds; blue: transfer helps, "
+                   "red: it hurts; grey: not run. Whether a cell's difference is beyond noise: the cell table.")
 
 
 def _best_sources(doc: _Document, cells: pd.DataFrame, names: list[str]) -> str:
@@ -254,32 +308,50 @@ def _best_sources(doc: _Document, cells: pd.DataFrame, names: list[str]) -> str:
         lines.append(f"**{target}**: " + "; ".join(
             f"with {r.method}, {r.source} helps most ({_pct(r.gain_mean)})" if r.gain_mean > 0
             else f"with {r.method}, no source helps (least harmful: {r.source}, {_pct(r.gain_mean)})" for r in rows))
-        summary.append(f"{target} ← " + ", ".join(f"{r.source} ({r.method} {_pct(r.gain_mean)})" for r in rows))
+        summary.append(f"{target} ← " + ", ".join(
+            f"{r.source} ({r.method} {_pct(r.gain_mean)})" if r.gain_mean > 0
+            else f"least harmful {r.source} ({r.method} {_pct(r.gain_mean)})" for r in rows))
     sizes = ", ".join(_n(s) for s in sorted(cells["finetune_size"].unique()))
     doc.text(f"Gain averaged over the fine-tune sizes ({sizes}) and seeds:")
     doc.bullets(lines)
-    return "Best source per target (gain averaged over fine-tune sizes): " + "; ".join(summary) + "."
+    return ("Best source per target (where every source hurts: the least harmful; gain averaged over fine-tune "
+            "sizes, whether each cell is beyond noise in Part 1): " + "; ".join(summary) + ".")
 
 
 def _negative_cells(doc: _Document, cells: pd.DataFrame) -> str:
-    doc.heading("Where transfer hurts", 3)
+    doc.heading("Where transfer helps and where it hurts", 3)
+    lines = [_count_sentence(row) for row in un.method_counts(cells, ALPHA).itertuples()]
+    doc.bullets(lines)
     negative = an.negative_cells(cells)
-    helped = cells[cells["gain_mean"] > 0]
-    summary = (f"Transfer helped in {len(helped)} of {len(cells)} cells ({_significantly(helped, 'n_seeds')}) "
-               f"and hurt in {len(negative)} ({_significantly(negative, 'n_seeds')}).")
-    doc.text(summary)
     if len(negative):
+        doc.text("Cells with a negative mean gain, worst first; gain with its "
+                 f"{100 * un.CONFIDENCE:.0f} % CI, called \"hurts\" only when the CI excludes zero:")
         doc.table(pd.DataFrame({
             "source → target": [_pair(s, t) for s, t in zip(negative["source"], negative["target"])],
             "method": negative["method"],
             "fine-tune n": negative["finetune_size"].map(_n),
-            "gain": negative["gain_mean"].map(_pct),
-            "MAE TL": [f"{_pm(m, s)} {u}"
-                       for m, s, u in zip(negative["mae_mean"], negative["mae_std"], negative["unit"])],
+            "gain": [_gain_ci(*v) for v in zip(negative["gain_mean"], negative["gain_low"], negative["gain_high"])],
+            "call": negative["call"],
+            "MAE TL": [_mae_n(_pm(m, s), u, n) for m, s, u, n in
+                       zip(negative["mae_mean"], negative["mae_std"], negative["unit"], negative["n_test"])],
             "MAE scratch": [f"{m:.4g} {u}" for m, u in zip(negative["scratch_mean"], negative["unit"])],
-            "p (paired t)": [_p(p, n) for p, n in zip(negative["p_value"], negative["n_seeds"])],
+            "p (paired t, seeds)": [_p(p, n) for p, n in zip(negative["p_value"], negative["n_seeds"])],
+            "q (BH)": negative["q_value"].map(_q),
         }))
-    return summary + (" Negative cells are listed in Part 1." if len(negative) else "")
+    return "Transfer vs scratch per method: " + " ".join(lines) + (" Negative cells are listed in Part 1."
+                                                                   if len(negative) else "")
+
+
+def _count_sentence(row) -> str:
+    """One method's helps / hurts counts: by CI, and after FDR control."""
+    if row.tested == 0:
+        return (f"with {row.method}: {row.cells} cells, none with a confidence interval (one seed and no test "
+                f"predictions), so no cell is called helped or hurt; as uncalled point estimates, the gain is "
+                f"positive in {row.positive} and negative in {row.negative}.")
+    return (f"with {row.method}: of {row.cells} cells, {row.tested} with a CI; transfer helps in {row.helps} and "
+            f"hurts in {row.hurts} (CI excludes 0), {row.within_noise} within noise; after Benjamini–Hochberg "
+            f"FDR control at {ALPHA:g} over {row.fdr_tested} tested cells, {row.helps_fdr} help and "
+            f"{row.hurts_fdr} hurt.")
 
 
 def _relatedness(doc: _Document, cells: pd.DataFrame, relatedness: pd.DataFrame | None) -> list[str]:
@@ -330,7 +402,8 @@ def _relatedness_sentence(row) -> str:
             f"pairs): {verdict}.")
 
 
-def _part2(doc: _Document, rows: pd.DataFrame, cells1: pd.DataFrame) -> list[str]:
+def _part2(doc: _Document, rows: pd.DataFrame, cells1: pd.DataFrame, paired1: pd.DataFrame, broken: pd.DataFrame,
+           study_dir: Path) -> list[str]:
     doc.heading(an.PARTS[2])
     if rows.empty:
         doc.text("No finished Part 2 fine-tunes.")
@@ -342,42 +415,78 @@ def _part2(doc: _Document, rows: pd.DataFrame, cells1: pd.DataFrame) -> list[str
     title = "Part 2 — fine-tune MAE vs pre-training size"
     baseline = stats[~transfer].assign(panel=panel[~transfer])
     doc.figure(curves_figure(curves, title=title, xlabel="pre-training samples", baseline=baseline), "part2_scaling",
-               f"{title} (mean ± std over seeds); dashed: scratch on the same subsets.")
-    cells = an.gain_cells(transfer_gain(rows), [*an.PAIR, "method", "pretrain_size"])
+               f"{title} (mean ± std over seeds); dashed: scratch on the same subsets and seeds.")
+    paired = transfer_gain(rows)  # each fine-tune against the scratch run of its own size and seed
+    left_out = sorted(set(paired.loc[paired["scratch_hash"].isin(broken["task_hash"]), "target"]))
+    if left_out:
+        doc.text(f"Left out: the Part 2 curves of {', '.join(left_out)}, whose scratch baseline is flagged as "
+                 "broken (see Tasks); their MAEs are in the figure.")
+    paired = un.usable(paired, broken)
+    cells = _cells(paired, [*an.PAIR, "method", "pretrain_size"], study_dir)
     growth = an.scaling_growth(cells)
     if growth.empty:
-        doc.text("No scratch baselines paired with the Part 2 runs: gains cannot be computed.")
-        return ["Data vs physics: not answered (Part 2 has no scratch baselines)."]
+        doc.text("No usable scratch baselines paired with the Part 2 runs: gains cannot be computed.")
+        return ["Data vs physics: not answered (Part 2 has no usable scratch baselines)."]
+    gain = cells.set_index([*an.PAIR, "method", "pretrain_size"])
+    change = [un.paired_gain_change(paired[(paired["source"] == g.source) & (paired["target"] == g.target)
+                                           & (paired["method"] == g.method)],
+                                    "pretrain_size", g.smallest, g.largest, study_dir) for g in growth.itertuples()]
+    growth = growth.assign(change=[c[0] for c in change], change_low=[c[1] for c in change],
+                           change_high=[c[2] for c in change])
+
+    def at(g, size: str) -> str:
+        cell = gain.loc[(g.source, g.target, g.method, getattr(g, size))]
+        return _gain_ci(cell["gain_mean"], cell["gain_low"], cell["gain_high"])
     doc.table(pd.DataFrame({
         "source → target": [_pair(s, t) for s, t in zip(growth["source"], growth["target"])],
         "method": growth["method"],
         "pre-training samples": [f"{_n(a)} → {_n(b)}" for a, b in zip(growth["smallest"], growth["largest"])],
-        "gain at smallest": growth["gain_smallest"].map(_pct), "gain at largest": growth["gain_largest"].map(_pct),
-        "change": growth["growth"].map(_pp),
+        "gain at smallest": [at(g, "smallest") for g in growth.itertuples()],
+        "gain at largest": [at(g, "largest") for g in growth.itertuples()],
+        "change": [_pp_ci(*v) for v in zip(growth["change"], growth["change_low"], growth["change_high"])],
+        "n_test": [_n(gain.loc[(g.source, g.target, g.method, g.largest), "n_test"]) for g in growth.itertuples()],
     }))
-    answer = _data_vs_physics(growth, cells1, finetune_size=float(rows["finetune_size"].median()))
-    doc.text(answer)
-    return [f"Data vs physics: {answer}"]
+    lines = [_data_vs_physics(g, cells1, paired1, float(rows["finetune_size"].median()), study_dir)
+             for g in growth.itertuples()]
+    doc.bullets(lines)
+    return ["Data vs physics, like for like per target: " + " ".join(lines)]
 
 
-def _data_vs_physics(growth: pd.DataFrame, cells1: pd.DataFrame, finetune_size: float) -> str:
-    """Gain change from more pre-training data (Part 2) against the gain spread across sources (Part 1)."""
-    data = (f"Growing the pre-training set from {_n(growth['smallest'].min())} to {_n(growth['largest'].max())} "
-            f"samples changed the transfer gain by {_pp(growth['growth'].mean())} on average over {len(growth)} curves "
-            f"(from {_pp(growth['growth'].min())} to {_pp(growth['growth'].max())}).")
-    comparable = cells1[cells1["method"].isin(growth["method"])]
-    if comparable.empty:
-        return data + " Part 1 has no comparable cells, so the source choice cannot be compared."
+def _data_vs_physics(growth, cells1: pd.DataFrame, paired1: pd.DataFrame, finetune_size: float,
+                     study_dir: Path) -> str:
+    """For one Part 2 curve: the gain change from its smallest to its largest pre-training set, against
+    Part 1's best-minus-worst source spread on the same target with the same method, both with CIs."""
+    target, method = growth.target, growth.method
+    data = (f"**{target}** ({method}): {growth.source} pre-trained on {_n(growth.smallest)} → {_n(growth.largest)} "
+            f"samples changed the gain by {_pp_ci(growth.change, growth.change_low, growth.change_high)}")
+    comparable = cells1[(cells1["target"] == target) & (cells1["method"] == method)]
+    if comparable["source"].nunique() < 2:
+        return data + f"; Part 1 has fewer than two sources for {target} with {method}: no source spread to compare."
     size = min(comparable["finetune_size"].unique(), key=lambda s: abs(s - finetune_size))
-    spread = an.source_spread(comparable, size)["spread"].mean()
-    physics = (f"In Part 1 at fine-tune n = {_n(size)} (nearest to Part 2's {_n(finetune_size)}), picking the best "
-               f"rather than the worst source changes the gain by {100 * spread:.1f} pp on average over targets.")
-    verdict = ("More pre-training data moved the gain more than the choice of source property: over the range "
-               "tested, the amount of data matters more than the physics."
-               if abs(growth["growth"].mean()) > spread else
-               "The choice of source property moved the gain more than more pre-training data did: over the range "
-               "tested, physical relatedness matters more than the amount of data.")
-    return " ".join([data, physics, verdict])
+    at_size = comparable[comparable["finetune_size"] == size]
+    best = at_size.loc[at_size["gain_mean"].idxmax(), "source"]
+    worst = at_size.loc[at_size["gain_mean"].idxmin(), "source"]
+    cell = paired1[(paired1["target"] == target) & (paired1["method"] == method) & (paired1["finetune_size"] == size)]
+    spread, low, high, _ = un.paired_gain_change(cell, "source", worst, best, study_dir)
+    pretrain = _sizes(cell.loc[cell["source"].isin([best, worst]), "pretrain_size"].unique())
+    physics = (f"in Part 1 (pre-training {pretrain} samples, fine-tune n = {_n(size)}, nearest to Part 2's "
+               f"{_n(finetune_size)}) the best source ({best}) minus the worst ({worst}) is {_pp_ci(spread, low, high)}"
+               " (both picked on these results, so an upper estimate)")
+    return f"{data}; {physics}: {_larger(growth.change_low, growth.change_high, low, high)}."
+
+
+def _larger(data_low: float, data_high: float, spread_low: float, spread_high: float) -> str:
+    """Which moved the gain more, called only when the CIs of the two magnitudes do not overlap."""
+    if not all(np.isfinite([data_low, data_high, spread_low, spread_high])):
+        return "without CIs the two are not compared"
+    # the smallest and largest size of the data effect its CI allows (0 when it straddles zero)
+    data_min = 0.0 if data_low <= 0 <= data_high else min(abs(data_low), abs(data_high))
+    data_max = max(abs(data_low), abs(data_high))
+    if data_min > spread_high:
+        return "more pre-training data moved the gain more than the choice of source"
+    if spread_low > data_max:
+        return "the choice of source moved the gain more than more pre-training data"
+    return "the two overlap within their CIs: neither is called larger"
 
 
 def _part3(doc: _Document, rows: pd.DataFrame) -> list[str]:
@@ -399,12 +508,13 @@ def _part3(doc: _Document, rows: pd.DataFrame) -> list[str]:
     winner = stats.loc[stats.groupby([*an.PAIR, "finetune_size"])["mae_mean"].idxmin()]
     wide = wide.join(winner.set_index([*an.PAIR, "finetune_size"])["method"].rename("best")).reset_index()
     wide = wide.merge(full, on=[*an.PAIR, "finetune_size"], how="left").merge(
-        stats.groupby("target", as_index=False)["unit"].first(), on="target")
+        rows.groupby("target", as_index=False).agg(unit=("unit", "first"), n_test=("n_test", "max")), on="target")
     doc.table(pd.DataFrame({
         "source → target": [_pair(s, t) for s, t in zip(wide["source"], wide["target"])],
         "fine-tune n": wide["finetune_size"].map(_n),
         **{f"MAE {m}": wide[m].fillna("—") for m in METHOD_COLORS if m in wide.columns},
         "unit": wide["unit"],
+        "n_test": wide["n_test"].map(_n),
         "best": wide["best"],
         "full − heads": [_pm(m, s) if np.isfinite(m) else "—" for m, s in zip(wide["diff_mean"], wide["diff_std"])],
         "p (paired t)": [_p(p, n) if np.isfinite(m) else "—"
@@ -416,7 +526,9 @@ def _part3(doc: _Document, rows: pd.DataFrame) -> list[str]:
     lines = [_full_vs_heads(pair, group) for pair, group in full.groupby(an.PAIR)]
     doc.bullets(lines)
     wins = int((full["diff_mean"] < 0).sum())
-    return [f"Whole network vs head: full fine-tuning beat heads in {wins} of {len(full)} (pair, size) cells. "
+    scratch_best = int((wide["best"] == an.SCRATCH).sum())
+    return [f"Whole network vs head: full fine-tuning beat heads in {wins} of {len(full)} (pair, size) cells "
+            f"(mean MAE); scratch had the lowest mean MAE of all methods in {scratch_best} of {len(wide)}. "
             + " ".join(lines)]
 
 
@@ -446,7 +558,8 @@ def _part4(doc: _Document, rows: pd.DataFrame) -> list[str]:
                              xscale="symlog", baseline=baseline.assign(panel=_size_panel(baseline["finetune_size"]))),
                "part4_lambda", f"{title}; λ = 0 is plain pre-training; dashed: scratch.")
     effect = an.lambda_effect(rows)
-    doc.text("The best λ is picked on the test MAE, so its advantage over λ = 0 is optimistic.")
+    doc.text("The best λ is picked on the test MAE, so its advantage over λ = 0 is optimistic. Every MAE here is on "
+             f"{target}'s fixed test set (n_test {_n(transfer['n_test'].max())}).")
     lines = [_lambda_sentence(row) for row in effect.itertuples()]
     doc.bullets(lines)
     helped = effect[effect["diff_mean"] < 0]

@@ -69,15 +69,16 @@ def write_results(table: pd.DataFrame, study: StudyDir) -> None:
 
 
 def transfer_gain(results: pd.DataFrame) -> pd.DataFrame:
-    """Finished transfer fine-tunes with ``scratch_mae`` and ``gain = (MAE_scratch − MAE_TL) / MAE_scratch``.
+    """Finished transfer fine-tunes with ``scratch_mae``, ``scratch_hash`` (the baseline's task) and
+    ``gain = (MAE_scratch − MAE_TL) / MAE_scratch``.
 
     Each pairs with the scratch baseline of the same target, fine-tune size and seed: the same subset.
     """
     done = results[results["status"] == "done"]
     scratch = (
         done[done["method"] == "scratch"]
-        .drop_duplicates("task_hash")[["target", "finetune_size", "seed", "test_mae"]]
-        .rename(columns={"test_mae": "scratch_mae"})
+        .drop_duplicates("task_hash")[["target", "finetune_size", "seed", "test_mae", "task_hash"]]
+        .rename(columns={"test_mae": "scratch_mae", "task_hash": "scratch_hash"})
     )
     transfer = done[(done["kind"] == "finetune") & (done["method"] != "scratch")]
     gains = transfer.merge(scratch, on=["target", "finetune_size", "seed"], how="inner")

@@ -106,6 +106,14 @@ class Part3(_Section):
         default_factory=lambda: {"full": {}, "heads": {}, "freeze": {"layers": 2}, "lora": {"rank": 8, "alpha": 16}}
     )
     finetune_sizes: Sizes | None = Field(None, description="default: the study's finetune_sizes")
+    seeds: list[int] | None = Field(None, description="default: the study's seeds; more where methods differ little")
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
+            raise ValueError("give a non-empty list of distinct seeds")
+        return seeds
 
 
 class Part4(_Section):

@@ -237,7 +237,7 @@ class Planner:
 
     def part3(self, plan: Plan) -> None:
         spec, part3 = self.spec, self.spec.part3
-        for seed in spec.seeds:
+        for seed in part3.seeds or spec.seeds:
             for source, target in part3.pairs:
                 pretrain = plan.add(self.pretrain(source, spec.pretrain_cap, seed), 3)
                 self._transfer(plan, 3, pretrain, target, part3.finetune_sizes or spec.finetune_sizes,
