@@ -459,7 +459,12 @@ def test_a_package_model_is_a_part1_source_with_its_own_inputs(tmp_path):
     # its prepared inputs are its own featurizer's, for the rows Part 1 uses only
     prepared = sorted((tmp_path / "u" / "data").glob(f"demo_volume@{name}-*"))
     assert len(prepared) == 1 and json.loads((prepared[0] / "split_ids.json").read_text())
-    assert name in write_report(tmp_path / "u").read_text()
+    report = write_report(tmp_path / "u").read_text()
+    assert name in report
+    # the report compares it with the property-specific source of each (target, method, size) cell
+    section = report.split("### Universal vs property-specific pre-training")[1].split("\n### ")[0]
+    assert section.count(f"| {name}: ") == 2 and "demo_energy: " in section and "demo_volume: " in section
+    assert "Universal vs property-specific pre-training (best of each per cell): with heads," in report
     with pytest.raises(ValueError, match="available: .*chgnet:0.3.0"):  # pydantic's ValidationError
         spec(part1={"universal": ["nosuch:1"]})
 

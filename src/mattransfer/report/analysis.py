@@ -211,3 +211,30 @@ def lambda_effect(rows: pd.DataFrame) -> pd.DataFrame:
     plain = by_lambda.loc[by_lambda["aux_lambda"] == 0, [*keys, "mae_mean"]].rename(columns={"mae_mean": "mae_plain"})
     diff = paired_difference(transfer, keys, "aux_lambda", 0.0)
     return best.merge(plain, on=keys, how="left").merge(diff, on=[*keys, "aux_lambda"], how="left")
+
+
+def universal_sources(rows: pd.DataFrame) -> set[str]:
+    """Sources that are packages' pre-trained models: fine-tunes with a source but no pre-training size."""
+    transfer = rows[(rows["method"] != SCRATCH) & rows["source"].notna() & (rows["source"] != "")]
+    return set(transfer.loc[transfer["pretrain_size"].isna(), "source"])
+
+
+def universal_vs_specific(paired: pd.DataFrame, universal: set[str]) -> pd.DataFrame:
+    """Per (target, method, fine-tune size) that has both: the universal source and the property-specific
+    one with the lowest mean test MAE, paired seed by seed (``transfer_gain``'s layout: the universal run
+    is the "transfer", the property-specific one stands where scratch stood, so ``gain`` is the universal
+    model's relative improvement over the best property-specific pre-training)."""
+    keys = ["target", "method", "finetune_size"]
+    is_universal = paired["source"].isin(universal)
+    best = []
+    for side in (is_universal, ~is_universal):
+        mean = paired[side].groupby([*keys, "source"], as_index=False)["test_mae"].mean()
+        best.append(mean.loc[mean.groupby(keys)["test_mae"].idxmin(), [*keys, "source"]].merge(paired[side]))
+    universal_best, specific_best = best
+    universal_best = universal_best[[*keys, "seed", "source", "test_mae", "task_hash", "n_test", "unit"]].rename(
+        columns={"source": "universal"})
+    specific_best = specific_best[[*keys, "seed", "source", "test_mae", "task_hash"]].rename(
+        columns={"source": "specific", "test_mae": "scratch_mae", "task_hash": "scratch_hash"})
+    both = universal_best.merge(specific_best, on=[*keys, "seed"])
+    both["gain"] = (both["scratch_mae"] - both["test_mae"]) / both["scratch_mae"]
+    return both

@@ -64,6 +64,7 @@ def write_report(study_dir: Path) -> Path:
     cells1 = _cells(paired1, [*an.PAIR, "method", "finetune_size"], study_dir)
     answers = [
         *_part1(doc, rows1, cells1),
+        *_universal(doc, rows1, paired1, study_dir),
         *_relatedness(doc, cells1, an.load_relatedness(study_dir)),
         *_part2(doc, an.finetune_rows(results, 2), cells1, paired1, broken, study_dir),
         *_part3(doc, an.finetune_rows(results, 3)),
@@ -352,6 +353,42 @@ def _count_sentence(row) -> str:
             f"hurts in {row.hurts} (CI excludes 0), {row.within_noise} within noise; after Benjamini–Hochberg "
             f"FDR control at {ALPHA:g} over {row.fdr_tested} tested cells, {row.helps_fdr} help and "
             f"{row.hurts_fdr} hurt.")
+
+
+def _universal(doc: _Document, rows: pd.DataFrame, paired: pd.DataFrame, study_dir: Path) -> list[str]:
+    """Does a package's universal pre-trained model beat the best pre-training on one of the study's properties?"""
+    universal = an.universal_sources(rows)
+    if not universal:
+        return []
+    doc.heading("Universal vs property-specific pre-training", 3)
+    both = an.universal_vs_specific(paired, universal)
+    if both.empty:
+        doc.text(f"No (target, method, size) cell has both a universal source ({', '.join(sorted(universal))}) and a"
+                 " property-specific one fine-tuned: nothing to compare.")
+        return ["Universal vs property-specific pre-training: no cell has both."]
+    keys = ["target", "method", "finetune_size"]
+    cells = un.with_intervals(an.gain_cells(both, keys), both, keys, study_dir)
+    cells = cells.merge(both.groupby(keys, as_index=False)[["universal", "specific"]].first(), on=keys)
+    doc.text("Per target, method and fine-tune size: the universal source and the property-specific source with "
+             "the lowest mean test MAE, and the universal one's gain over it, (MAE_specific − MAE_universal) / "
+             f"MAE_specific, with its {100 * un.CONFIDENCE:.0f} % CI (paired over test structures and seeds). Both "
+             "are picked by their test MAE, so each side is its best case.")
+    doc.table(pd.DataFrame({
+        "target": cells["target"], "method": cells["method"], "fine-tune n": cells["finetune_size"].map(_n),
+        "universal": [f"{u}: {_mae_n(_pm(m, sd), unit, n)}" for u, m, sd, unit, n in
+                      zip(cells["universal"], cells["mae_mean"], cells["mae_std"], cells["unit"], cells["n_test"])],
+        "property-specific": [f"{sp}: {m:.4g} {unit}" for sp, m, unit in
+                              zip(cells["specific"], cells["scratch_mean"], cells["unit"])],
+        "universal's gain": [_gain_ci(*v) for v in zip(cells["gain_mean"], cells["gain_low"], cells["gain_high"])],
+        "call": cells["call"].replace({"helps": "universal better", "hurts": "specific better"}),
+    }))
+    counts = []
+    for method, group in cells.groupby("method"):
+        calls = group["call"].value_counts()
+        counts.append(f"with {method}, the universal model is better in {calls.get('helps', 0)}, the property-specific "
+                      f"pre-training in {calls.get('hurts', 0)}, within noise in {calls.get('within noise', 0)} and "
+                      f"untested in {calls.get('untested', 0)} of {len(group)} cells")
+    return ["Universal vs property-specific pre-training (best of each per cell): " + "; ".join(counts) + "."]
 
 
 def _relatedness(doc: _Document, cells: pd.DataFrame, relatedness: pd.DataFrame | None) -> list[str]:
