@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # reports state the command that made them
     _setup_logging(args.quiet)
     # Commands that run a model get the measured default; listing datasets or the cache never loads torch.
-    if args.command in ("train", "eval", "predict", "demo", "rank-sources", "matbench") or (args.threads and args.command == "study"):
+    if args.command in ("train", "eval", "predict", "demo", "rank-sources", "matbench") or (
+            args.threads and args.command in ("study", "baseline")):
         from mattransfer.threads import set_threads
 
         set_threads(args.threads)
@@ -184,8 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--data", required=True, help="a dataset key (see `mattransfer datasets`)")
     baseline.add_argument("--n", required=True, type=_positive_int, help="labelled samples, as a fine-tune's n_samples")
     baseline.add_argument("--seeds", type=_non_negative_int, nargs="+", default=[0, 1, 2], help="subset seeds (default: 0 1 2)")
-    baseline.add_argument("--models", nargs="+", choices=["extra_trees", "hist_gb"], default=["extra_trees", "hist_gb"],
-                          help="models to fit (default: both): extra_trees (500 trees), hist_gb")
+    baseline.add_argument("--models", nargs="+", choices=["extra_trees", "hist_gb", "krr"], default=["extra_trees", "hist_gb"],
+                          help="models to fit (default: extra_trees hist_gb): extra_trees (500 trees), hist_gb, krr"
+                               " (RBF kernel ridge on --encoder's frozen embeddings, α and γ by 5-fold CV on the"
+                               " training rows)")
+    baseline.add_argument("--encoder", metavar="CKPT|NAME", help="frozen encoder whose pooled embeddings krr reads: a"
+                          " model.ckpt or a pre-trained name (cgcnn-mp:formation-energy, chgnet:0.3.0)")
     baseline.add_argument("--data-sources", type=Path, help="data-sources YAML (default: $MATTRANSFER_DATA_SOURCES)")
     baseline.add_argument("-o", "--output", type=Path, help="write one CSV row per (model, seed) here")
     baseline.set_defaults(handler=_baseline)
@@ -511,7 +516,7 @@ def _baseline(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     table = _sources(args.data_sources).load(args.data)
     results, featurized = run_baselines(table, args.n, list(dict.fromkeys(args.seeds)), args.models,
-                                        progress=not args.quiet)
+                                        progress=not args.quiet, encoder=args.encoder)
     if args.output:
         with atomic_path(args.output, ".csv") as tmp:
             results.to_csv(tmp, index=False)
@@ -524,8 +529,12 @@ def _baseline(args: argparse.Namespace) -> None:
     console.print(summary)
     speed = "read from the cache" if featurized["cached"] else \
         f"{featurized['structures'] / max(featurized['seconds'], 1e-9):.1f} structures/s with matminer's import"
-    console.print(f"features: {results.n_features.iloc[0]} per structure, {featurized['structures']} structures in"
-                  f" {featurized['seconds']:.1f} s ({speed}); total {time.perf_counter() - start:.1f} s"
+    per_input = ", ".join(f"{name} {dim}" for name, dim in
+                          results.groupby("features", sort=False)["n_features"].first().items())
+    embedded = (f"; embeddings in {featurized['embedding_seconds']:.1f} s (latent cache)"
+                if "embedding_seconds" in featurized else "")
+    console.print(f"features per structure: {per_input}; {featurized['structures']} structures, matminer in"
+                  f" {featurized['seconds']:.1f} s ({speed}){embedded}; total {time.perf_counter() - start:.1f} s"
                   + (f"; rows in {args.output}" if args.output else ""))
 
 

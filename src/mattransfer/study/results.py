@@ -44,7 +44,7 @@ def results_table(plan: Plan, study: StudyDir) -> pd.DataFrame:
 def _row(task: Task, part: int, result: dict | None, error: dict | None) -> dict[str, Any]:
     row = {
         "part": part, "kind": task.kind, "source": task.source, "target": task.dataset,
-        "pretrain_size": task.pretrain_size, "finetune_size": task.size if task.kind == "finetune" else None,
+        "pretrain_size": task.pretrain_size, "finetune_size": None if task.kind == "pretrain" else task.size,
         "method": task.method, "seed": task.seed, "aux_lambda": task.aux_lambda, "task_hash": task.hash,
         "cap_note": "; ".join(sorted(task.notes)) or None,
     }
