@@ -152,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--sources", nargs="+", required=True, metavar="CKPT|NAME",
                       help="model.ckpt files of pre-trained runs, or packages' pre-trained models (chgnet:0.3.0), to rank")
     rank.add_argument("--seed", type=int, default=0, help="seed of the fine-tune subset (default: 0)")
+    rank.add_argument("--score", nargs="+", choices=["logme", "krr_cv"], default=["logme"],
+                      help="scores to compute, ranked by the first (default: logme): logme, the log evidence per"
+                           " sample of Bayesian linear regression; krr_cv, minus the 5-fold CV MAE of RBF kernel"
+                           " ridge in units of the target's std (non-linear, slower)")
     rank.add_argument("--data-sources", type=Path, help="data-sources YAML (default: $MATTRANSFER_DATA_SOURCES)")
     rank.set_defaults(handler=_rank_sources)
 
@@ -351,11 +355,15 @@ def _rank_sources(args: argparse.Namespace) -> None:
                 else DataConfig(read_from=Path(args.target), target=args.column, n_samples=args.n))
     except ValidationError as exc:  # e.g. a data file without --column
         raise ConfigError(f"--target {args.target}: {exc.errors()[0]['msg']}") from exc
-    scores = rank_sources(data, _sources(args.data_sources), args.sources, seed=args.seed)
-    table = Table("rank", "source checkpoint", "pre-trained on", "LogME", "seconds",
-                  title=f"{args.target}, n={args.n}, seed {args.seed}: LogME of frozen encoder features (higher first)")
+    names = list(dict.fromkeys(args.score))
+    scores = rank_sources(data, _sources(args.data_sources), args.sources, seed=args.seed, scores=names)
+    labels = {"logme": "LogME", "krr_cv": "KRR CV"}
+    table = Table("rank", "source checkpoint", "pre-trained on", *(labels[n] for n in names), "seconds",
+                  title=f"{args.target}, n={args.n}, seed {args.seed}: {labels[names[0]]} of frozen encoder features"
+                        " (higher first)")
     for rank, score in enumerate(scores, 1):
-        table.add_row(str(rank), str(score.checkpoint), score.pretrained_on, f"{score.logme:.4f}", f"{score.seconds:.1f}")
+        table.add_row(str(rank), str(score.checkpoint), score.pretrained_on,
+                      *(f"{score.scores[n]:.4f}" for n in names), f"{score.seconds:.1f}")
     _console().print(table)
     print(f"total {time.perf_counter() - start:.1f} s (data, graphs, embeddings and scores)")
 
