@@ -348,6 +348,18 @@ def test_feature_baseline_rows_train_on_the_fine_tune_subset_never_on_test_ids(t
     assert len(scratch.merge(rows, on=["target", "finetune_size", "seed", "n_test"])) == len(rows)
 
 
+def test_transferability_scores_of_every_part1_transfer_cell(tiny_study):
+    root, _ = tiny_study
+    scores = pd.read_csv(root / "transferability.csv")
+    table = results(root)
+    cells = table[(table["part"] == 1) & (table["kind"] == "finetune") & (table["method"] != "scratch")]
+    cells = set(zip(cells["source"], cells["target"], cells["finetune_size"], cells["seed"]))
+    assert set(zip(scores["source"], scores["target"], scores["finetune_size"], scores["seed"])) == cells
+    assert sorted(scores["score"].unique()) == ["krr_cv", "logme"] and len(scores) == 2 * len(cells)
+    assert (scores["n"] == scores["finetune_size"]).all() and scores["value"].notna().all()  # train + val ids only
+    assert (scores.loc[scores["score"] == "krr_cv", "value"] <= 0).all()
+
+
 def test_baselines_can_be_turned_off(tmp_path):
     paper = load_spec("paper")
     off = paper.model_copy(update={"part1": paper.part1.model_copy(update={"baselines": []})})

@@ -23,6 +23,7 @@ from mattransfer.models.encoders import PRETRAINED
 from mattransfer.models.model import ModelConfig
 from mattransfer.training.baselines import MODELS as BASELINE_MODELS
 from mattransfer.training.trainer import COMPILE_HELP, TrainingOptions
+from mattransfer.training.transferability import SCORES as TRANSFER_SCORES
 
 PRESETS = ("paper", "quick")
 
@@ -65,6 +66,7 @@ class Part1(_Section):
 
     ``baselines``: scikit-learn models on matminer features (`training.baselines`), fitted on the same
     subsets (train + val ids) and scored on the same test sets: the non-transfer yardsticks.
+    ``scores``: transferability scores of every transfer cell (`study.transferability`), after the tasks.
 
     ``universal``: packages' pre-trained models (`mattransfer models`), each a further source for every
     dataset, fine-tuned with ``universal_methods``.
@@ -79,12 +81,26 @@ class Part1(_Section):
         description="feature baselines (no transfer) on every fine-tune subset, as reference rows; [] turns them off",
     )
 
+    scores: list[str] = Field(
+        default_factory=lambda: list(TRANSFER_SCORES),
+        description="transferability scores of each source's frozen features on each fine-tune subset"
+                    " (transferability.csv), correlated with the gains in the report; [] turns them off",
+    )
+
     @field_validator("baselines")
     @classmethod
     def _known_baselines(cls, names: list[str]) -> list[str]:
         unknown = [n for n in names if n not in BASELINE_MODELS]
         if unknown or len(set(names)) != len(names):
             raise ValueError(f"give distinct baseline models of {list(BASELINE_MODELS)} (got {names})")
+        return names
+
+    @field_validator("scores")
+    @classmethod
+    def _known_scores(cls, names: list[str]) -> list[str]:
+        unknown = [n for n in names if n not in TRANSFER_SCORES]
+        if unknown or len(set(names)) != len(names):
+            raise ValueError(f"give distinct scores of {list(TRANSFER_SCORES)} (got {names})")
         return names
 
     @field_validator("universal")
