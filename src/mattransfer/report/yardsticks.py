@@ -60,7 +60,8 @@ def score_gain_cells(scores: pd.DataFrame, gains: pd.DataFrame) -> pd.DataFrame:
     centred on their (score, method, target, size) mean, since scores and gains shift with the target and the
     subset size: what is compared is how the sources rank on one subset. ``gains``: `transfer_gain` rows."""
     keys = ["source", *CELL, "seed"]
-    joined = gains[[*keys, "method", "gain"]].merge(scores[[*keys, "score", "value"]], on=keys)
+    joined = gains[[*keys, "method", "gain"]].merge(scores[[*keys, "score", "value"]], on=keys).dropna(
+        subset=["gain", "value"])  # krr_cv is NaN on subsets under 4 samples
     cells = joined.groupby(["score", "method", "source", *CELL], as_index=False)[["value", "gain"]].mean()
     group = cells.groupby(["score", "method", *CELL])
     # rounded: floating-point noise of the centring must not break ties between equal cells

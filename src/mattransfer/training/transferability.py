@@ -83,11 +83,14 @@ def evidence(sigma: np.ndarray, z2: np.ndarray, outside: float, n: int, d: int, 
 
 def krr_cv(features: np.ndarray, y: np.ndarray, seed: int = 0) -> float:
     """Minus the 5-fold cross-validated MAE of RBF kernel ridge of ``y`` on ``features``, both standardised,
-    at the best (α, γ) of `baselines.KRR_GRID`: higher is better, 0 is perfect, about −0.8 is a constant."""
+    at the best (α, γ) of `baselines.KRR_GRID`: higher is better, 0 is perfect, about −0.8 is a constant.
+    NaN below 4 samples (no two folds of two)."""
     F = np.asarray(features, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64).ravel()
-    if F.ndim != 2 or F.shape[0] != y.shape[0] or F.shape[0] < 4:
-        raise DataError(f"krr_cv: features {F.shape} and targets {y.shape} do not match or n < 4.")
+    if F.ndim != 2 or F.shape[0] != y.shape[0]:
+        raise DataError(f"krr_cv: features {F.shape} and targets {y.shape} do not match (need (n, d) and (n,)).")
+    if len(y) < 4:
+        return float("nan")
     model = make_model("krr", seed, len(y)).fit(F, y)
     return float(model[-1][-1].regressor_.best_score_)  # GridSearchCV's mean CV −MAE, standardised target
 
