@@ -28,6 +28,15 @@ def test_features_that_determine_the_target_score_higher_than_random() -> None:
     assert logme(F, y + 0.1 * rng.normal(size=200)) > logme(noise, y)
 
 
+def test_an_unbounded_evidence_is_nan_not_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A demo study's 10-sample subsets with 32 features made β grow without bound and divided by zero.
+    rng = np.random.default_rng(0)
+    F, y = rng.normal(size=(10, 32)), rng.normal(size=10)
+    assert math.isfinite(logme(F, y))
+    monkeypatch.setattr(transferability, "MAX_BETA", 1e-3)  # every fixed-point step now runs past it
+    assert math.isnan(logme(F, y))
+
+
 def test_krr_cv_of_features_that_determine_the_target_scores_higher_than_random() -> None:
     rng = np.random.default_rng(0)
     F = rng.normal(size=(200, 8))

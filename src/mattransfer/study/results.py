@@ -2,7 +2,8 @@
 
 A task shared by several parts (a pre-training, a scratch baseline) has a row in each part.
 Pre-training rows have source = target = the dataset and method ``pretrain``; scratch rows have no
-source, no pre-training size and no λ.
+source, no pre-training size and no λ; feature-baseline rows (kind ``baseline``, method the model)
+neither, and n_train counts train + val ids (n_val 0), since they need no validation set.
 """
 
 from __future__ import annotations

@@ -27,6 +27,9 @@ from mattransfer.training.job import featurize
 from mattransfer.training.run import prepare_table
 
 
+MAX_BETA = 1e8  # noise precision of the standardised target: a noise std under 1e-4 is an exact fit
+
+
 def logme(features: np.ndarray, y: np.ndarray, max_iter: int = 100, tol: float = 1e-6) -> float:
     """LogME: the maximised log marginal evidence per sample of Bayesian linear regression of ``y`` on ``features``.
 
@@ -40,6 +43,8 @@ def logme(features: np.ndarray, y: np.ndarray, max_iter: int = 100, tol: float =
     α ← γ / ‖m‖², β ← (n − γ) / ‖F m − y‖². With the SVD F = U S Vᵀ and z = Uᵀ y every quantity is a
     sum over the singular values, so an iteration costs O(min(n, d)) after one SVD. Returns the evidence / n.
     Higher is better; it is comparable between feature sets on the same target, not across targets' sizes.
+    NaN where β runs past `MAX_BETA`: with no more samples than features the fit can be exact and the
+    evidence then has no maximum.
     """
     F = np.asarray(features, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64).ravel()
@@ -63,6 +68,8 @@ def logme(features: np.ndarray, y: np.ndarray, max_iter: int = 100, tol: float =
         res2 = float((alpha**2 * z2 / denom**2).sum()) + outside  # ‖F m − y‖²
         new_alpha = gamma / max(m2, 1e-300)
         new_beta = (n - gamma) / max(res2, 1e-300)
+        if new_beta > MAX_BETA:  # the features interpolate y (n ≤ d): the evidence grows without bound
+            return float("nan")
         # Converged when the ratio α/β (the effective ridge penalty) stops moving, as in the paper.
         done = abs(new_alpha / new_beta - alpha / beta) <= tol * (alpha / beta)
         alpha, beta = new_alpha, new_beta
