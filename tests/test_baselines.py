@@ -88,7 +88,9 @@ def test_cli_bad_input_is_one_line(argv, named, capsys):
     assert error.startswith("error:") and named in error and "\n" not in error
 
 
-def test_krr_on_frozen_embeddings_needs_an_encoder_and_runs_from_the_cli(tmp_path, pretrained_ckpt, capsys):
+def test_krr_on_frozen_embeddings_needs_an_encoder_and_runs_from_the_cli(tmp_path, pretrained_ckpt, capsys,
+                                                                          monkeypatch):
+    monkeypatch.setenv("MATTRANSFER_CACHE", str(tmp_path / "cache"))  # its latents must not serve other tests
     with pytest.raises(ConfigError, match="encoder"):
         baselines.run_baselines(None, 30, [0], ["krr"], progress=False)
     out = tmp_path / "krr.csv"
