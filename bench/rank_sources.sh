@@ -3,9 +3,24 @@
 # Sources (trained first where missing): for KEY in eform bandgap gvrh, `mattransfer --threads 1 train` on configs/pretrain_eform.yaml with
 #   data: {dataset: KEY, n_samples: 941}, training: {max_epochs: 30} and output_dir runs/src_KEY (see bench/README.md).
 # PYTHON=/path/to/python overrides the interpreter (default .venv/bin/python).
+# `bench/rank_sources.sh pretrained` instead appends a run with packages' pre-trained models (no training):
+# three targets at n 100, both scores (LogME and kernel-ridge CV), twice (the second pass reads the caches).
 cd "$(dirname "$0")/.."
 export COLUMNS=200 PYTHONPATH="$PWD/src" OMP_NUM_THREADS=1
 out=bench/results/rank_sources.txt
+if [ "$1" = pretrained ]; then
+{
+echo; echo "# mattransfer rank-sources with packages' pre-trained models: 3 targets x 4 sources, n 100, seed 0, --score logme krr_cv"
+echo "# date: $(date -u +%FT%TZ); host: 2-core CPU shared by 5 sessions; 1 torch thread"
+for pass in "pass 1" "pass 2 (same command again)"; do
+for t in phonons dielectric gvrh; do
+  cmd="mattransfer --threads 1 rank-sources --target $t --n 100 --data-sources configs/shared-data.yaml --score logme krr_cv --sources cgcnn-mp:formation-energy cgcnn-mp:band-gap cgcnn-mp:shear-moduli chgnet:0.3.0"
+  echo; echo "## $t, $pass"; echo "\$ $cmd"
+  /usr/bin/time -f "wall %e s, max RSS %M kB" ${PYTHON:-.venv/bin/python} -m mattransfer.cli ${cmd#mattransfer } 2>&1 | grep -v "^INFO *\(train\|data\|reading\)"
+done; done
+} >> $out 2>&1
+exit
+fi
 for key in eform bandgap gvrh; do  # the three 30-epoch sources, trained once
   [ -f runs/src_$key/model.ckpt ] && continue
   mkdir -p runs

@@ -9,7 +9,7 @@ import pytest
 
 from mattransfer.cli import main
 from mattransfer.data.splits import make_split
-from mattransfer.errors import LeakError
+from mattransfer.errors import ConfigError, LeakError
 from mattransfer.featurizers import features as features_module
 from mattransfer.featurizers import cached_features
 from mattransfer.training import baselines
@@ -58,7 +58,7 @@ def test_baselines_train_on_the_fine_tune_subset_never_on_test_ids(demo_volume, 
         baselines.run_baselines(demo_volume, 40, [0], ["hist_gb"], progress=False)
 
 
-@pytest.mark.parametrize("model", baselines.MODELS)
+@pytest.mark.parametrize("model", baselines.MODELS + baselines.EMBEDDING_MODELS)
 def test_baseline_beats_a_constant_on_features_that_determine_the_target(model):
     rng = np.random.default_rng(0)
     features = pd.DataFrame(rng.uniform(size=(300, 4)))
@@ -86,3 +86,17 @@ def test_cli_bad_input_is_one_line(argv, named, capsys):
     assert main(["-q", "baseline", *argv]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error:") and named in error and "\n" not in error
+
+
+def test_krr_on_frozen_embeddings_needs_an_encoder_and_runs_from_the_cli(tmp_path, pretrained_ckpt, capsys,
+                                                                          monkeypatch):
+    monkeypatch.setenv("MATTRANSFER_CACHE", str(tmp_path / "cache"))  # its latents must not serve other tests
+    with pytest.raises(ConfigError, match="encoder"):
+        baselines.run_baselines(None, 30, [0], ["krr"], progress=False)
+    out = tmp_path / "krr.csv"
+    assert main(["-q", "baseline", "--data", "demo_volume", "--n", "30", "--seeds", "0", "1", "--models", "krr",
+                 "--encoder", str(pretrained_ckpt), "-o", str(out)]) == 0
+    rows = pd.read_csv(out)
+    assert list(rows.model) == ["krr", "krr"] and set(rows.features) == {str(pretrained_ckpt)}
+    assert (rows.n_train == 30).all() and (rows.mae > 0).all()
+    assert "embeddings in" in capsys.readouterr().out

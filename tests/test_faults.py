@@ -122,7 +122,7 @@ def test_a_study_records_a_diverged_pretraining_and_skips_its_fine_tunes(tmp_pat
     diverging = spec(pretrain={"max_epochs": 3, "patience": 3, "batch_size": 16, "lr": 1e30},
                      part4={"enabled": False})
     summary = run_study(diverging, tmp_path / "study", workers=1, progress=False)
-    assert summary["failed"] == 2 and summary["skipped"] == 4 and summary["done"] == 4  # scratch baselines run
+    assert summary["failed"] == 2 and summary["skipped"] == 4 and summary["done"] == 4 + 8  # scratch and feature baselines run
     study = StudyDir(tmp_path / "study")
     errors = [study.error(t.hash) for t in _plan(diverging, study) if study.error(t.hash)]
     assert sum("diverged" in e["error"] and not e["skipped"] for e in errors) == 2

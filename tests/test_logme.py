@@ -14,7 +14,7 @@ from mattransfer.data.splits import fixed_test_ids
 from mattransfer.errors import DataError
 from mattransfer.models.model import TransferModel
 from mattransfer.training import transferability
-from mattransfer.training.transferability import evidence, logme
+from mattransfer.training.transferability import evidence, krr_cv, logme
 
 from conftest import GRAPHS, TRAINING
 
@@ -26,6 +26,24 @@ def test_features_that_determine_the_target_score_higher_than_random() -> None:
     noise = rng.normal(size=(200, 16))
     assert logme(F, y) > logme(noise, y) + 1.0
     assert logme(F, y + 0.1 * rng.normal(size=200)) > logme(noise, y)
+
+
+def test_an_unbounded_evidence_is_nan_not_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A demo study's 10-sample subsets with 32 features made β grow without bound and divided by zero.
+    rng = np.random.default_rng(0)
+    F, y = rng.normal(size=(10, 32)), rng.normal(size=10)
+    assert math.isfinite(logme(F, y))
+    monkeypatch.setattr(transferability, "MAX_BETA", 1e-3)  # every fixed-point step now runs past it
+    assert math.isnan(logme(F, y))
+
+
+def test_krr_cv_of_features_that_determine_the_target_scores_higher_than_random() -> None:
+    rng = np.random.default_rng(0)
+    F = rng.normal(size=(200, 8))
+    y = np.sin(F[:, 0]) + F[:, 1] ** 2  # non-linear: kernel ridge's case
+    noise = rng.normal(size=(200, 8))
+    assert krr_cv(F, y) > krr_cv(noise, y) + 0.2
+    assert -0.2 < krr_cv(F, y) <= 0 and krr_cv(noise, y) < -0.5
 
 
 def _direct_log_evidence(F: np.ndarray, y: np.ndarray, alpha: float, beta: float) -> float:
@@ -90,13 +108,13 @@ def test_rank_sources_cli_ranks_both_and_never_embeds_test_ids(
 
     monkeypatch.setattr(transferability, "featurize", spy)
     code = main(["-q", "--threads", "1", "rank-sources", "--target", "demo_energy", "--n", "40",
-                 "--sources", str(pretrained_ckpt), str(second_ckpt)])
+                 "--sources", str(pretrained_ckpt), str(second_ckpt), "--score", "logme", "krr_cv"])
     out = capsys.readouterr().out
     assert code == 0
     assert str(pretrained_ckpt) in out and str(second_ckpt) in out
     assert "demo_energy" in out and "demo_volume" in out  # each source's pre-training data
     rows = [line for line in out.splitlines() if line.strip().startswith(("│ 1 ", "│ 2 "))]
-    assert len(rows) == 2 and "total" in out
+    assert len(rows) == 2 and "total" in out and "LogME" in out and "KRR CV" in out
     assert len(embedded) == 2 * 40
     assert not set(embedded) & set(fixed_test_ids(demo_energy.ids, 0.1, 0))
     assert torch.get_num_threads() == 1

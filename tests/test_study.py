@@ -51,7 +51,7 @@ TINY = {
     "part4": {"source": "demo_energy", "target": "demo_volume", "lambdas": [0.0, 0.5], "pretrain_size": 40,
               "methods": ["heads"], "finetune_sizes": [12]},
 }
-TINY_TASKS = 2 + 2 * 1 * 2 * 1 + 2 * 2 + 2  # pretrains + transfer fine-tunes + scratch + Part 4's new
+TINY_TASKS = 2 + 2 * 1 * 2 * 1 + 2 * 2 + 2 * 2 * 2 + 2  # pretrains + transfer fine-tunes + scratch + feature baselines + Part 4's new
 
 
 def spec(**changes) -> StudySpec:
@@ -108,13 +108,14 @@ def test_paper_task_counts_per_part():
     m1, p3, m3 = len(paper.part1.methods), paper.part3.pairs, paper.part3.methods
     lambdas, m4 = len(paper.part4.lambdas), len(paper.part4.methods)
 
-    part1 = n * (k + k * (k - 1) * s * m1 + k * s)  # pre-trainings, transfer fine-tunes, scratch
+    b = len(paper.part1.baselines)
+    part1 = n * (k + k * (k - 1) * s * m1 + k * s + k * s * b)  # pre-trainings, transfer fine-tunes, scratch, baselines
     sources3, targets3 = {a for a, _ in p3}, {b for _, b in p3}
     n3 = len(paper.part3.seeds)  # Part 3 has seeds of its own: five
     per_seed3 = len(sources3) + len(p3) * s * len(m3) + len(targets3) * s
     part3 = n3 * per_seed3
     part4 = n * (lambdas + lambdas * s * m4 + s)
-    assert [len(plan.in_part(p)) for p in (1, 3, 4)] == [part1, part3, part4] == [1386, 365, 147]
+    assert [len(plan.in_part(p)) for p in (1, 3, 4)] == [part1, part3, part4] == [1596, 365, 147]
     assert n3 == 5 and set(paper.seeds) < set(paper.part3.seeds)
 
     # Shared tasks run once: Part 3's full/heads and Part 4's λ = 0 runs of the study's seeds are Part 1 tasks.
@@ -287,7 +288,7 @@ def results(root: Path) -> pd.DataFrame:
 def test_study_runs_every_task(tiny_study):
     root, summary = tiny_study
     assert (summary["tasks"], summary["done"], summary["ran"], summary["failed"]) == (TINY_TASKS,) * 3 + (0,)
-    assert summary["parts"][1]["tasks"] == 2 + 4 + 4 and summary["parts"][4]["tasks"] == 2 + 2 + 1
+    assert summary["parts"][1]["tasks"] == 2 + 4 + 4 + 8 and summary["parts"][4]["tasks"] == 2 + 2 + 1
     assert study_status(root)["done"] == TINY_TASKS
     assert (root / "study.yaml").exists() and (root / "splits" / "demo_volume_test.json").exists()
     assert not pd.read_csv(root / "results.csv").empty
@@ -330,7 +331,49 @@ def test_scratch_trains_on_the_transfer_subset(tiny_study):
     table = results(root)
     cell = table[(table["target"] == "demo_volume") & (table["finetune_size"] == 24) & (table["part"] == 1)]
     splits = [json.loads((root / "tasks" / h / "split.json").read_text()) for h in cell["task_hash"]]
-    assert len(splits) == 2 and splits[0] == splits[1]
+    assert len(splits) == 4 and all(split == splits[0] for split in splits)  # heads, scratch, 2 feature baselines
+
+
+def test_feature_baseline_rows_train_on_the_fine_tune_subset_never_on_test_ids(tiny_study):
+    root, _ = tiny_study
+    table = results(root)
+    rows = table[table["kind"] == "baseline"]
+    assert set(rows["part"]) == {1} and set(rows["status"]) == {"done"} and rows["source"].isna().all()
+    assert sorted(set(zip(rows["target"], rows["finetune_size"], rows["method"]))) == [
+        (t, n, m) for t in ("demo_energy", "demo_volume") for n in (12, 24) for m in ("extra_trees", "hist_gb")]
+    assert ((rows["n_train"] == rows["finetune_size"]) & (rows["n_val"] == 0)).all()  # train + val ids, all n
+    assert (rows["test_mae"] > 0).all()
+    for row in rows.itertuples():
+        split = json.loads((root / "tasks" / row.task_hash / "split.json").read_text())
+        test_ids = json.loads((root / "splits" / f"{row.target}_test.json").read_text())["ids"]
+        assert split["test"] == test_ids and row.n_test == len(test_ids)
+        assert not set(split["train"] + split["val"]) & set(test_ids)
+    scratch = table[(table["method"] == "scratch") & (table["part"] == 1)]
+    assert len(scratch.merge(rows, on=["target", "finetune_size", "seed", "n_test"])) == len(rows)
+
+
+def test_transferability_scores_of_every_part1_transfer_cell(tiny_study):
+    root, _ = tiny_study
+    scores = pd.read_csv(root / "transferability.csv")
+    table = results(root)
+    cells = table[(table["part"] == 1) & (table["kind"] == "finetune") & (table["method"] != "scratch")]
+    cells = set(zip(cells["source"], cells["target"], cells["finetune_size"], cells["seed"]))
+    assert set(zip(scores["source"], scores["target"], scores["finetune_size"], scores["seed"])) == cells
+    assert sorted(scores["score"].unique()) == ["krr_cv", "logme"] and len(scores) == 2 * len(cells)
+    assert (scores["n"] == scores["finetune_size"]).all() and scores["value"].notna().all()  # train + val ids only
+    assert (scores.loc[scores["score"] == "krr_cv", "value"] <= 0).all()
+
+
+def test_baselines_can_be_turned_off(tmp_path):
+    paper = load_spec("paper")
+    off = paper.model_copy(update={"part1": paper.part1.model_copy(update={"baselines": []})})
+    with_baselines, without = planner(paper).plan().in_part(1), planner(off).plan().in_part(1)
+    assert len(with_baselines) - len(without) == 3 * 7 * 5 * 2
+    assert not [t for t in without if t.kind == "baseline"]
+    path = tmp_path / "study.yaml"
+    path.write_text(json.dumps({**TINY, "part1": {"baselines": ["ridge"]}}))
+    with pytest.raises(ConfigError, match="baselines"):
+        load_spec(path)
 
 
 def test_resume_runs_only_what_is_missing(tiny_study, tmp_path):

@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # reports state the command that made them
     _setup_logging(args.quiet)
     # Commands that run a model get the measured default; listing datasets or the cache never loads torch.
-    if args.command in ("train", "eval", "predict", "demo", "rank-sources", "matbench") or (args.threads and args.command == "study"):
+    if args.command in ("train", "eval", "predict", "demo", "rank-sources", "matbench") or (
+            args.threads and args.command in ("study", "baseline")):
         from mattransfer.threads import set_threads
 
         set_threads(args.threads)
@@ -151,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     rank.add_argument("--sources", nargs="+", required=True, metavar="CKPT|NAME",
                       help="model.ckpt files of pre-trained runs, or packages' pre-trained models (chgnet:0.3.0), to rank")
     rank.add_argument("--seed", type=int, default=0, help="seed of the fine-tune subset (default: 0)")
+    rank.add_argument("--score", nargs="+", choices=["logme", "krr_cv"], default=["logme"],
+                      help="scores to compute, ranked by the first (default: logme): logme, the log evidence per"
+                           " sample of Bayesian linear regression; krr_cv, minus the 5-fold CV MAE of RBF kernel"
+                           " ridge in units of the target's std (non-linear, slower)")
     rank.add_argument("--data-sources", type=Path, help="data-sources YAML (default: $MATTRANSFER_DATA_SOURCES)")
     rank.set_defaults(handler=_rank_sources)
 
@@ -184,8 +189,12 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--data", required=True, help="a dataset key (see `mattransfer datasets`)")
     baseline.add_argument("--n", required=True, type=_positive_int, help="labelled samples, as a fine-tune's n_samples")
     baseline.add_argument("--seeds", type=_non_negative_int, nargs="+", default=[0, 1, 2], help="subset seeds (default: 0 1 2)")
-    baseline.add_argument("--models", nargs="+", choices=["extra_trees", "hist_gb"], default=["extra_trees", "hist_gb"],
-                          help="models to fit (default: both): extra_trees (500 trees), hist_gb")
+    baseline.add_argument("--models", nargs="+", choices=["extra_trees", "hist_gb", "krr"], default=["extra_trees", "hist_gb"],
+                          help="models to fit (default: extra_trees hist_gb): extra_trees (500 trees), hist_gb, krr"
+                               " (RBF kernel ridge on --encoder's frozen embeddings, α and γ by 5-fold CV on the"
+                               " training rows)")
+    baseline.add_argument("--encoder", metavar="CKPT|NAME", help="frozen encoder whose pooled embeddings krr reads: a"
+                          " model.ckpt or a pre-trained name (cgcnn-mp:formation-energy, chgnet:0.3.0)")
     baseline.add_argument("--data-sources", type=Path, help="data-sources YAML (default: $MATTRANSFER_DATA_SOURCES)")
     baseline.add_argument("-o", "--output", type=Path, help="write one CSV row per (model, seed) here")
     baseline.set_defaults(handler=_baseline)
@@ -346,11 +355,15 @@ def _rank_sources(args: argparse.Namespace) -> None:
                 else DataConfig(read_from=Path(args.target), target=args.column, n_samples=args.n))
     except ValidationError as exc:  # e.g. a data file without --column
         raise ConfigError(f"--target {args.target}: {exc.errors()[0]['msg']}") from exc
-    scores = rank_sources(data, _sources(args.data_sources), args.sources, seed=args.seed)
-    table = Table("rank", "source checkpoint", "pre-trained on", "LogME", "seconds",
-                  title=f"{args.target}, n={args.n}, seed {args.seed}: LogME of frozen encoder features (higher first)")
+    names = list(dict.fromkeys(args.score))
+    scores = rank_sources(data, _sources(args.data_sources), args.sources, seed=args.seed, scores=names)
+    labels = {"logme": "LogME", "krr_cv": "KRR CV"}
+    table = Table("rank", "source checkpoint", "pre-trained on", *(labels[n] for n in names), "seconds",
+                  title=f"{args.target}, n={args.n}, seed {args.seed}: {labels[names[0]]} of frozen encoder features"
+                        " (higher first)")
     for rank, score in enumerate(scores, 1):
-        table.add_row(str(rank), str(score.checkpoint), score.pretrained_on, f"{score.logme:.4f}", f"{score.seconds:.1f}")
+        table.add_row(str(rank), str(score.checkpoint), score.pretrained_on,
+                      *(f"{score.scores[n]:.4f}" for n in names), f"{score.seconds:.1f}")
     _console().print(table)
     print(f"total {time.perf_counter() - start:.1f} s (data, graphs, embeddings and scores)")
 
@@ -511,7 +524,7 @@ def _baseline(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     table = _sources(args.data_sources).load(args.data)
     results, featurized = run_baselines(table, args.n, list(dict.fromkeys(args.seeds)), args.models,
-                                        progress=not args.quiet)
+                                        progress=not args.quiet, encoder=args.encoder)
     if args.output:
         with atomic_path(args.output, ".csv") as tmp:
             results.to_csv(tmp, index=False)
@@ -524,8 +537,12 @@ def _baseline(args: argparse.Namespace) -> None:
     console.print(summary)
     speed = "read from the cache" if featurized["cached"] else \
         f"{featurized['structures'] / max(featurized['seconds'], 1e-9):.1f} structures/s with matminer's import"
-    console.print(f"features: {results.n_features.iloc[0]} per structure, {featurized['structures']} structures in"
-                  f" {featurized['seconds']:.1f} s ({speed}); total {time.perf_counter() - start:.1f} s"
+    per_input = ", ".join(f"{name} {dim}" for name, dim in
+                          results.groupby("features", sort=False)["n_features"].first().items())
+    embedded = (f"; embeddings in {featurized['embedding_seconds']:.1f} s (latent cache)"
+                if "embedding_seconds" in featurized else "")
+    console.print(f"features per structure: {per_input}; {featurized['structures']} structures, matminer in"
+                  f" {featurized['seconds']:.1f} s ({speed}){embedded}; total {time.perf_counter() - start:.1f} s"
                   + (f"; rows in {args.output}" if args.output else ""))
 
 

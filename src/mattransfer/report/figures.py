@@ -21,7 +21,7 @@ from matplotlib.ticker import FuncFormatter, NullLocator
 
 NCOLS = 3  # panels per row
 METHOD_COLORS = {"scratch": "black", "heads": "tab:blue", "full": "tab:orange", "freeze": "tab:green",
-                 "lora": "tab:purple"}  # also the legend order of methods
+                 "lora": "tab:purple", "extra_trees": "0.45", "hist_gb": "0.7"}  # also the legend order of methods
 
 
 def save(figure: Figure, path: Path) -> Path:
@@ -109,6 +109,29 @@ def curves_figure(stats: pd.DataFrame, *, title: str, xlabel: str, xscale: str =
     rank = {s: i for i, s in enumerate(series_order)}
     names = sorted(handles, key=lambda s: rank.get(s, len(rank)))  # a scratch baseline goes last
     figure.legend([handles[s] for s in names], names, loc="outside right upper")
+    figure.suptitle(title)
+    return figure
+
+
+def scatter_figure(points: pd.DataFrame, *, title: str, xlabel: str, ylabel: str) -> Figure:
+    """Points (x, y) coloured by ``series``, one panel per ``panel``, with zero lines."""
+    panels = list(dict.fromkeys(points["panel"]))
+    names = list(dict.fromkeys(points["series"]))
+    colors = series_colors(names)
+    figure, axes = _grid(len(panels), panel_size=(4.2, 3.4))
+    handles = {}
+    for ax, panel in zip(axes, panels):
+        data = points[points["panel"] == panel]
+        for name, group in data.groupby("series", sort=False):
+            handles[name] = ax.scatter(group["x"], group["y"], s=18, color=colors[name], label=name)
+        ax.axhline(0, color="0.6", linewidth=0.8)
+        ax.axvline(0, color="0.6", linewidth=0.8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(panel)
+        ax.grid(alpha=0.3)
+    figure.legend([handles[n] for n in names if n in handles], [n for n in names if n in handles],
+                  loc="outside right upper")
     figure.suptitle(title)
     return figure
 

@@ -20,8 +20,10 @@ from matplotlib.figure import Figure
 from mattransfer.data.registry import STUDY_KEYS
 from mattransfer.report import analysis as an
 from mattransfer.report import uncertainty as un
-from mattransfer.report.figures import METHOD_COLORS, curves_figure, heatmap_figure, save
+from mattransfer.report import yardsticks as ys
+from mattransfer.report.figures import METHOD_COLORS, curves_figure, heatmap_figure, save, scatter_figure
 from mattransfer.study.results import transfer_gain
+from mattransfer.study.transferability import read_scores
 
 DATASET_AXES = ("dataset", "dataset")
 ALPHA = 0.05  # significance level of every test the report states in words
@@ -62,8 +64,11 @@ def write_report(study_dir: Path) -> Path:
     rows1 = an.finetune_rows(results, 1)
     paired1 = un.usable(transfer_gain(rows1), broken)
     cells1 = _cells(paired1, [*an.PAIR, "method", "finetune_size"], study_dir)
+    baselines1 = ys.baseline_rows(results, 1)
     answers = [
-        *_part1(doc, rows1, cells1),
+        *_part1(doc, rows1, cells1, baselines1),
+        *_versus_baselines(doc, rows1, baselines1),
+        *_transferability(doc, rows1, read_scores(study_dir)),
         *_universal(doc, rows1, paired1, study_dir),
         *_relatedness(doc, cells1, an.load_relatedness(study_dir)),
         *_part2(doc, an.finetune_rows(results, 2), cells1, paired1, broken, study_dir),
@@ -243,13 +248,14 @@ def _broken_baselines(doc: _Document, broken: pd.DataFrame) -> None:
     }))
 
 
-def _part1(doc: _Document, rows: pd.DataFrame, cells: pd.DataFrame) -> list[str]:
+def _part1(doc: _Document, rows: pd.DataFrame, cells: pd.DataFrame,
+           baselines: pd.DataFrame | None = None) -> list[str]:
     doc.heading(an.PARTS[1])
     if rows.empty:
         doc.text("No finished Part 1 fine-tunes.")
         return ["Best source per target: not answered (Part 1 has no finished fine-tunes)."]
     names = _order(set(rows["source"]) - {""} | set(rows["target"]))
-    _learning_curves(doc, rows, names)
+    _learning_curves(doc, rows, names, baselines)
     if cells.empty:
         doc.text("No scratch baselines paired with the transfer runs: transfer gains cannot be computed.")
         return ["Best source per target: not answered (Part 1 has no scratch baselines)."]
@@ -273,16 +279,21 @@ def _test_in_source(doc: _Document, rows: pd.DataFrame) -> None:
     }))
 
 
-def _learning_curves(doc: _Document, rows: pd.DataFrame, names: list[str]) -> None:
-    stats = an.mae_stats(rows, ["target", "source", "method", "finetune_size"])
+def _learning_curves(doc: _Document, rows: pd.DataFrame, names: list[str],
+                     baselines: pd.DataFrame | None = None) -> None:
+    references = sorted(set(baselines["method"])) if baselines is not None else []
+    stats = an.mae_stats(pd.concat([rows, baselines]) if references else rows,
+                         ["target", "source", "method", "finetune_size"])
     rank = {name: i for i, name in enumerate(names)}
     stats = stats.sort_values("target", key=lambda col: col.map(rank), kind="stable")  # panels in dataset order
-    for method in sorted(set(stats["method"]) - {an.SCRATCH}):
-        data = stats[stats["method"].isin([method, an.SCRATCH])]
-        series = data["source"].where(data["method"] != an.SCRATCH, an.SCRATCH)
+    plain = [an.SCRATCH, *references]  # reference lines: models that do not transfer
+    versus = " and ".join(["scratch", *[f"{m} (features)" for m in references]])
+    for method in sorted(set(stats["method"]) - set(plain)):
+        data = stats[stats["method"].isin([method, *plain])]
+        series = data["source"].where(~data["method"].isin(plain), data["method"])
         curves = _curves(data, panel="target: " + data["target"], series=series, x="finetune_size")
-        title = f"Part 1 — learning curves, {method} fine-tuning vs scratch"
-        figure = curves_figure(curves, title=title, xlabel="fine-tune samples", order=[an.SCRATCH, *names])
+        title = f"Part 1 — learning curves, {method} fine-tuning vs {versus}"
+        figure = curves_figure(curves, title=title, xlabel="fine-tune samples", order=[*plain, *names])
         doc.figure(figure, f"part1_learning_{method}",
                    f"{title}: test MAE (mean ± std over seeds) per target, one line per pre-training source.")
 
@@ -389,6 +400,83 @@ def _universal(doc: _Document, rows: pd.DataFrame, paired: pd.DataFrame, study_d
                       f"pre-training in {calls.get('hurts', 0)}, within noise in {calls.get('within noise', 0)} and "
                       f"untested in {calls.get('untested', 0)} of {len(group)} cells")
     return ["Universal vs property-specific pre-training (best of each per cell): " + "; ".join(counts) + "."]
+
+
+def _versus_baselines(doc: _Document, rows: pd.DataFrame, baselines: pd.DataFrame) -> list[str]:
+    """Per target and size: did any transfer beat the best model that does not transfer, and by how much."""
+    doc.heading("Transfer against the best model without transfer", 3)
+    table = ys.versus_baselines(rows, baselines)
+    if table.empty:
+        doc.text("No transfer runs with scratch or feature-baseline rows to compare.")
+        return ["Transfer vs the best non-transfer model: not answered (no Part 1 transfer or reference rows)."]
+    if baselines.empty:
+        doc.text("No feature-baseline rows (part1.baselines is off, or none finished): scratch is the only reference.")
+    references = [c.removeprefix("mae_") for c in table.columns if c.startswith("mae_") and c not in
+                  ("mae_mean_tl", "mae_std_tl", "mae_mean_ref", "mae_std_ref")]
+    doc.text("Per target and fine-tune size, the transfer run (source and method) with the lowest test MAE against"
+             " the lowest of the models that do not transfer — scratch, and the feature baselines (trees on matminer"
+             " features) trained on the same subsets (train + val ids) and tested on the same test sets. Margin ="
+             " (MAE_best_reference − MAE_best_TL) / MAE_best_reference: positive when transfer wins. Both sides are"
+             " the best of several models on the test set, so a small margin is within selection noise; p is the"
+             " paired t-test over seeds of the two picked models.")
+    doc.table(pd.DataFrame({
+        "target": table["target"], "fine-tune n": table["finetune_size"].map(_n),
+        **{f"MAE {m}": [f"{v:.4g}" for v in table[f"mae_{m}"]] for m in references},
+        "best transfer": [f"{s} ({m}) {_pm(v, e)}" for s, m, v, e in
+                          zip(table["tl_source"], table["tl_method"], table["mae_mean_tl"], table["mae_std_tl"])],
+        "best without transfer": [f"{m} {_pm(v, e)}" for m, v, e in
+                                  zip(table["ref_method"], table["mae_mean_ref"], table["mae_std_ref"])],
+        "margin": table["margin"].map(_pct), "unit": table["unit"],
+        "p (paired t)": [_p(p, min(a, b)) for p, a, b in zip(table["p_value"], table["n_seeds_tl"], table["n_seeds_ref"])],
+    }))
+    doc.csv(table, "part1_versus_baselines", "Part 1 best transfer vs best non-transfer model per target and size")
+    won = table[table["margin"] > 0]
+    lines = []
+    for target, group in table.groupby("target", sort=False):
+        wins = group[group["margin"] > 0]
+        sizes = ", ".join(f"n = {_n(r.finetune_size)} ({_pct(r.margin)})" for r in wins.itertuples())
+        lines.append(f"{target}: transfer beats the best non-transfer model at {sizes}" if len(wins) else
+                     f"{target}: no transfer beats the best non-transfer model at any size (best margin"
+                     f" {_pct(group['margin'].max())}, at n = {_n(group.loc[group['margin'].idxmax(), 'finetune_size'])})")
+    doc.bullets(lines)
+    return [f"Transfer vs the best non-transfer model (scratch or feature baselines): transfer wins in {len(won)} of"
+            f" {len(table)} (target, size) cells; " + "; ".join(lines) + "."]
+
+
+def _transferability(doc: _Document, rows: pd.DataFrame, scores: pd.DataFrame | None) -> list[str]:
+    """How well each transferability score, computed before fine-tuning, ranks the measured gains."""
+    doc.heading("Transferability scores against the measured gains", 3)
+    if scores is None or scores.empty:
+        doc.text("No transferability.csv in the study directory (part1.scores off, or the study ran before it"
+                 " existed: run it again to add the scores).")
+        return ["Transferability scores vs gains: not answered (no transferability.csv)."]
+    cells = ys.score_gain_cells(scores, transfer_gain(rows))
+    correlation = ys.score_gain_correlation(cells)
+    if correlation.empty:
+        doc.text("No Part 1 cell has both a score and a measured gain.")
+        return ["Transferability scores vs gains: not answered (no cell with both a score and a gain)."]
+    doc.text("Each score is computed from the source's frozen encoder features on the fine-tune subset (train + val"
+             " ids) before any fine-tuning: LogME (log evidence per sample of Bayesian linear regression) and"
+             " krr_cv (minus the 5-fold cross-validated MAE of RBF kernel ridge, in target std units). Score and"
+             " gain are means over seeds per (source, target, size), centred on their mean over the sources of the"
+             " same target and size (both shift with the subset), then rank-correlated (Spearman) per target and"
+             " pooled over targets. ρ > 0: the score ranks sources as the fine-tunes do.")
+    doc.table(pd.DataFrame({
+        "score": correlation["score"], "method": correlation["method"], "target": correlation["target"],
+        "cells": correlation["n_cells"], "Spearman ρ": correlation["spearman_rho"].map(lambda r: f"{r:+.2f}"),
+        "p": correlation["p_value"].map(lambda p: f"{p:.2g}"),
+    }))
+    doc.csv(cells, "part1_score_gain_cells", "Part 1 cells with their transferability scores and gains")
+    points = cells.assign(panel=cells["score"] + " vs gain, " + cells["method"], x=cells["value_centred"],
+                          y=100 * cells["gain_centred"], series=cells["target"])
+    doc.figure(scatter_figure(points, title="Part 1 — transferability score vs measured transfer gain",
+                              xlabel="score − mean over sources", ylabel="gain − mean over sources (pp)"),
+               "part1_score_vs_gain", "Each point a (source, target, size) cell, means over seeds, centred per"
+                                      " (target, size); colour: target.")
+    pooled = correlation[correlation["target"] == "all"]
+    return ["Transferability scores vs gains (pooled Spearman ρ over Part 1 cells): " + "; ".join(
+        f"{r.score} with {r.method}: ρ = {r.spearman_rho:+.2f} (p = {r.p_value:.2g}, {r.n_cells} cells)"
+        for r in pooled.itertuples()) + "."]
 
 
 def _relatedness(doc: _Document, cells: pd.DataFrame, relatedness: pd.DataFrame | None) -> list[str]:

@@ -24,6 +24,7 @@ from mattransfer.data.registry import DataSources, release_read_cache
 from mattransfer.data.splits import fixed_test_ids, make_split
 from mattransfer.data.symmetry import cached_bravais_labels
 from mattransfer.data.table import PropertyTable
+from mattransfer.featurizers import cached_features
 from mattransfer.fileio import atomic_path, write_atomic, write_json
 from mattransfer.graphs.build import GraphSettings
 from mattransfer.graphs.inputs import Featurizer, InputStore, cached_inputs_file, inputs_hash, row_keys
@@ -34,6 +35,7 @@ from mattransfer.models.model import TransferModel
 from mattransfer.training.job import Dataset
 
 log = logging.getLogger(__name__)
+FEATURES_FILE = "features.parquet"  # of a prepared dataset: what its feature baselines read
 
 
 @dataclass(frozen=True)
@@ -92,8 +94,10 @@ def prepare_datasets(
         pool = len(table) - len(test)
         prepared[key] = _prepare(table, featurizer, study, key, pool, progress,
                                  spec.graphs if key in labels_for else None)
+        used = _used_rows(table, test, pool, spec)
+        if spec.part1.enabled and spec.part1.baselines:
+            prepare_features(used, prepared[key].path, progress)
         if universal:
-            used = _used_rows(table, test, pool, spec)
             for name, own in universal.items():
                 prepared[data_key(key, name)] = _prepare(used, own, study, data_key(key, name), pool, progress,
                                                          split_ids=table.ids)
@@ -112,6 +116,18 @@ def _used_rows(table: PropertyTable, test: list[str], pool: int, spec: StudySpec
                            val_fraction=spec.val_fraction, test_seed=spec.test_seed)
         used.update(split.train, split.val)
     return table.subset([i for i in table.ids if i in used])
+
+
+def prepare_features(table: PropertyTable, path: Path, progress: bool = True) -> Path:
+    """``path/features.parquet``: the feature baselines' matminer features of ``table``'s rows, indexed by id
+    (workers have no structures). Kept while it holds every row; rebuilt through the feature cache otherwise."""
+    file = path / FEATURES_FILE
+    if file.exists() and set(table.ids) <= set(pd.read_parquet(file, columns=[]).index):
+        return file
+    frame = cached_features(table.structures, progress=progress, name=table.name).set_axis(list(table.ids))
+    with atomic_path(file, ".parquet") as tmp:
+        frame.to_parquet(tmp)
+    return file
 
 
 def _prepare(table: PropertyTable, featurizer: Featurizer, study: StudyDir, key: str, pool: int, progress: bool,

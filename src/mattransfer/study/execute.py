@@ -29,6 +29,7 @@ from mattransfer.study.layout import StudyDir
 from mattransfer.study.results import pick_part2_targets, results_table, write_results
 from mattransfer.study.spec import StudySpec
 from mattransfer.study.tasks import Plan, Planner, Task
+from mattransfer.study.transferability import score_cells
 from mattransfer.study.worker import checkpoint_problem, run_task
 from mattransfer.training.job import resolve_device
 
@@ -59,6 +60,8 @@ def run_study(
         with open_executor(workers, scheduler) as (executor, slots), _progress_bar(progress) as bar:
             run.slots = slots
             run.drive(executor, slots, bar)
+        if spec.part1.enabled and spec.part1.scores and not run.broken:
+            _score_transfer_cells(spec, run.plan, study, data)
     if spec.part2.enabled and not run.part2_planned:
         log.warning("Part 2 is not planned: Part 1 tasks it picks targets from did not finish; run the study again.")
     summary = {**_counts(run.plan, study), "ran": run.ran["done"] + run.ran["failed"], "ran_done": run.ran["done"],
@@ -72,6 +75,15 @@ def run_study(
             " `if __name__ == \"__main__\":` (worker processes import the main module)."
         )
     return summary
+
+
+def _score_transfer_cells(spec: StudySpec, plan: Plan, study: StudyDir, data: dict[str, PreparedData]) -> None:
+    """Transferability scores of the Part 1 cells whose source is ready: an addition to the results, so a
+    failure is logged, not raised (the next run tries again)."""
+    try:
+        score_cells(spec, plan, study, data, spec.part1.scores)
+    except Exception as exc:  # a damaged checkpoint, a degenerate subset: the tasks' results stand
+        log.warning("transferability scores not computed: %s: %s", type(exc).__name__, exc)
 
 
 def study_status(study_dir: Path | str) -> dict[str, Any]:

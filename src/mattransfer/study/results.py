@@ -2,7 +2,8 @@
 
 A task shared by several parts (a pre-training, a scratch baseline) has a row in each part.
 Pre-training rows have source = target = the dataset and method ``pretrain``; scratch rows have no
-source, no pre-training size and no λ.
+source, no pre-training size and no λ; feature-baseline rows (kind ``baseline``, method the model)
+neither, and n_train counts train + val ids (n_val 0), since they need no validation set.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def results_table(plan: Plan, study: StudyDir) -> pd.DataFrame:
 def _row(task: Task, part: int, result: dict | None, error: dict | None) -> dict[str, Any]:
     row = {
         "part": part, "kind": task.kind, "source": task.source, "target": task.dataset,
-        "pretrain_size": task.pretrain_size, "finetune_size": task.size if task.kind == "finetune" else None,
+        "pretrain_size": task.pretrain_size, "finetune_size": None if task.kind == "pretrain" else task.size,
         "method": task.method, "seed": task.seed, "aux_lambda": task.aux_lambda, "task_hash": task.hash,
         "cap_note": "; ".join(sorted(task.notes)) or None,
     }

@@ -21,7 +21,9 @@ from mattransfer.finetune import METHODS
 from mattransfer.graphs.build import GraphSettings
 from mattransfer.models.encoders import PRETRAINED
 from mattransfer.models.model import ModelConfig
+from mattransfer.training.baselines import MODELS as BASELINE_MODELS
 from mattransfer.training.trainer import COMPILE_HELP, TrainingOptions
+from mattransfer.training.transferability import SCORES as TRANSFER_SCORES
 
 PRESETS = ("paper", "quick")
 
@@ -62,6 +64,10 @@ class _Section(BaseModel):
 class Part1(_Section):
     """Every dataset pre-trained, then fine-tuned on every other one; scratch on the same subsets.
 
+    ``baselines``: scikit-learn models on matminer features (`training.baselines`), fitted on the same
+    subsets (train + val ids) and scored on the same test sets: the non-transfer yardsticks.
+    ``scores``: transferability scores of every transfer cell (`study.transferability`), after the tasks.
+
     ``universal``: packages' pre-trained models (`mattransfer models`), each a further source for every
     dataset, fine-tuned with ``universal_methods``.
     """
@@ -70,6 +76,32 @@ class Part1(_Section):
     methods: Methods = Field(default_factory=lambda: ["heads", "full"])
     universal: list[str] = Field(default_factory=list, description="pre-trained models by name, e.g. chgnet:0.3.0")
     universal_methods: Methods = Field(default_factory=lambda: ["heads"])
+    baselines: list[str] = Field(
+        default_factory=lambda: list(BASELINE_MODELS),
+        description="feature baselines (no transfer) on every fine-tune subset, as reference rows; [] turns them off",
+    )
+
+    scores: list[str] = Field(
+        default_factory=lambda: list(TRANSFER_SCORES),
+        description="transferability scores of each source's frozen features on each fine-tune subset"
+                    " (transferability.csv), correlated with the gains in the report; [] turns them off",
+    )
+
+    @field_validator("baselines")
+    @classmethod
+    def _known_baselines(cls, names: list[str]) -> list[str]:
+        unknown = [n for n in names if n not in BASELINE_MODELS]
+        if unknown or len(set(names)) != len(names):
+            raise ValueError(f"give distinct baseline models of {list(BASELINE_MODELS)} (got {names})")
+        return names
+
+    @field_validator("scores")
+    @classmethod
+    def _known_scores(cls, names: list[str]) -> list[str]:
+        unknown = [n for n in names if n not in TRANSFER_SCORES]
+        if unknown or len(set(names)) != len(names):
+            raise ValueError(f"give distinct scores of {list(TRANSFER_SCORES)} (got {names})")
+        return names
 
     @field_validator("universal")
     @classmethod

@@ -13,6 +13,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Literal
 
+from mattransfer.featurizers.features import FEATURES_VERSION
 from mattransfer.study.data import PreparedData, data_key
 from mattransfer.study.spec import StudySpec
 
@@ -21,9 +22,10 @@ TASK_FORMAT = 1  # bump when a code change alters what a finished task would com
 
 @dataclass
 class Task:
-    """One training: a pre-training, a transfer fine-tune, or a scratch baseline (a fine-tune without source)."""
+    """One training: a pre-training, a transfer fine-tune, a scratch baseline (a fine-tune without source),
+    or a feature baseline (kind "baseline": a scikit-learn model on matminer features, method its name)."""
 
-    kind: Literal["pretrain", "finetune"]
+    kind: Literal["pretrain", "finetune", "baseline"]
     dataset: str  # trained and tested on
     size: int  # samples drawn from the dataset's pool: train + val
     seed: int
@@ -47,8 +49,8 @@ class Task:
         aux = f" λ={self.aux_lambda:g}" if self.aux_lambda else ""
         if self.kind == "pretrain":
             return f"pretrain {self.dataset}{aux} n={self.size} seed {self.seed}"
-        if self.method == "scratch":
-            return f"scratch {self.dataset} n={self.size} seed {self.seed}"
+        if self.method == "scratch" or self.kind == "baseline":
+            return f"{self.method} {self.dataset} n={self.size} seed {self.seed}"
         if self.pretrained:
             return f"{self.method} {self.pretrained}→{self.dataset} n={self.size} seed {self.seed}"
         return f"{self.method} {self.source}{aux}→{self.dataset} n={self.size} seed {self.seed}"
@@ -181,6 +183,14 @@ class Planner:
     def scratch(self, key: str, requested: int, seed: int) -> Task:
         return self.finetune(None, key, requested, seed, "scratch", {})
 
+    def baseline(self, key: str, requested: int, seed: int, model: str) -> Task:
+        """Feature baseline ``model`` on the subset a fine-tune of (key, size, seed) draws."""
+        size, notes = self._capped(key, requested, "finetune_size")
+        task = Task("baseline", key, size, seed, model, aux_lambda=None, notes=notes)
+        task.hash = self._hash(kind="baseline", dataset=key, data=self.data[key].fingerprint, size=size, seed=seed,
+                               model=model, features=FEATURES_VERSION)
+        return task
+
     def _capped(self, key: str, requested: int, what: str) -> tuple[int, set[str]]:
         pool = self.data[key].pool
         if requested <= pool:
@@ -209,6 +219,10 @@ class Planner:
                 for target in spec.datasets:
                     if target != source:
                         self._transfer(plan, 1, pretrain, target, spec.finetune_sizes, spec.part1.methods, seed)
+            for target in spec.datasets:
+                for size in spec.finetune_sizes:
+                    for model in spec.part1.baselines:
+                        plan.add(self.baseline(target, size, seed, model), 1)
             for name in spec.part1.universal:
                 for target in spec.datasets:
                     for size in spec.finetune_sizes:

@@ -14,16 +14,18 @@ import time
 import traceback
 from pathlib import Path
 
+import pandas as pd
 import torch
 
-from mattransfer.data.splits import make_split
+from mattransfer.data.splits import Split, make_split
 from mattransfer.errors import ConfigError
 from mattransfer.fileio import file_sha256
 from mattransfer.models.model import TransferModel, read_checkpoint
-from mattransfer.study.data import PreparedData, load_prepared
+from mattransfer.study.data import FEATURES_FILE, PreparedData, load_prepared
 from mattransfer.study.layout import StudyDir
 from mattransfer.study.spec import StudySpec
 from mattransfer.study.tasks import Task
+from mattransfer.training.baselines import score_split
 from mattransfer.training.job import Dataset, Job, execute, resolve_device, run_log
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,8 @@ def _train(task: Task, spec: StudySpec, data: PreparedData, study: StudyDir) -> 
     )
     task_dir = study.task_dir(task.hash)
     split.to_json(task_dir / "split.json")
+    if task.kind == "baseline":
+        return {**_feature_baseline(task, dataset, data, split), "wall_seconds": time.perf_counter() - start}
     outcome = execute(job_of(task, spec), dataset, split, source=_source(task, study), device=resolve_device(spec.device),
                       run_dir=task_dir, progress=False, compile=spec.compile,
                       bravais_labels=labels if task.aux_weight else None)
@@ -93,6 +97,20 @@ def _train(task: Task, spec: StudySpec, data: PreparedData, study: StudyDir) -> 
         outcome.model.cpu().save(study.checkpoint(task.hash), task=task.to_json())
         checkpoint = {"checkpoint_sha256": file_sha256(study.checkpoint(task.hash))}
     return {**outcome.summary, "task": task.describe(), **checkpoint, "wall_seconds": time.perf_counter() - start}
+
+
+def _feature_baseline(task: Task, dataset: Dataset, data: PreparedData, split: Split) -> dict:
+    """A feature baseline's result, in the fine-tunes' schema: its n_train is train + val, n_val 0, no epochs."""
+    features = pd.read_parquet(data.path / FEATURES_FILE)
+    y = pd.Series(dataset.table.y, index=dataset.table.ids)
+    scores = score_split(features, y, split, task.method, task.seed)
+    test = {k: scores[k] for k in ("mae", "rmse", "r2")}
+    log.info("%s: test MAE %.4g %s (%d features, fit %.1f s)", task.describe(), test["mae"], data.unit,
+             features.shape[1], scores["fit_s"])
+    return {"description": task.describe(), "task": task.describe(), "dataset": task.dataset, "target": data.target,
+            "unit": data.unit, "method": task.method, "n_train": scores["n_train"], "n_val": 0,
+            "n_test": scores["n"], "n_features": features.shape[1], "epochs_run": None, "best_epoch": None,
+            "fit_seconds": scores["fit_s"], "test": test}
 
 
 def _source(task: Task, study: StudyDir) -> TransferModel | None:

@@ -1,37 +1,59 @@
-"""Feature-based baselines that are not transfer learning: scikit-learn trees on hand-made features.
+"""Baselines that are not transfer learning: scikit-learn trees on hand-made features, and kernel ridge
+on a frozen encoder's pooled embeddings (no fine-tuning).
 
 They train on the same labelled samples a fine-tune of (dataset, n, seed) draws — its train *and*
-val ids, since trees need no early stopping and the fine-tune's labelling budget is all n — and are
-scored on the dataset's fixed test set.
+val ids, since these models need no early stopping (kernel ridge picks α and γ by cross-validation
+on those rows alone) and the fine-tune's labelling budget is all n — and are scored on the dataset's
+fixed test set.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from sklearn.compose import TransformedTargetRegressor
 from sklearn.ensemble import ExtraTreesRegressor, HistGradientBoostingRegressor
 from sklearn.impute import SimpleImputer
+from sklearn.kernel_ridge import KernelRidge
+from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from mattransfer.data.splits import Split, assert_disjoint, make_split
 from mattransfer.data.table import PropertyTable
+from mattransfer.errors import ConfigError
 from mattransfer.featurizers import FEATURE_SETS, cached_features, features_path
+from mattransfer.graphs.inputs import row_keys
+from mattransfer.models.model import TransferModel, load_source
+from mattransfer.training.job import featurize
+from mattransfer.training.latents import cached_latents
 from mattransfer.training.metrics import regression_metrics
 
-MODELS = ("extra_trees", "hist_gb")
+MODELS = ("extra_trees", "hist_gb")  # on matminer features
+EMBEDDING_MODELS = ("krr",)  # on a frozen encoder's embeddings
+# RBF kernel ridge on standardised features and target: α and γ by 5-fold CV (MAE) on the training rows.
+# γ spans 1/d-like scales of 64-256-dimensional embeddings (bench/pooling_krr.py's grid, widened: it picked its edge).
+KRR_GRID = {"alpha": [1e-3, 1e-2, 1e-1, 1.0], "gamma": [1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]}
 
 
-def make_model(name: str, seed: int):
-    """An unfitted regressor; NaN features are imputed by the training rows' median (no test rows)."""
+def make_model(name: str, seed: int, n_train: int | None = None):
+    """An unfitted regressor; NaN features are imputed by the training rows' median (no test rows).
+
+    ``n_train`` caps kernel ridge's CV folds for tiny subsets (at least 2 rows per fold)."""
     if name == "extra_trees":
         model = ExtraTreesRegressor(n_estimators=500, random_state=seed, n_jobs=1)
     elif name == "hist_gb":
         model = HistGradientBoostingRegressor(random_state=seed)
+    elif name == "krr":
+        folds = KFold(max(2, min(5, (n_train or 10) // 2)), shuffle=True, random_state=seed)
+        search = GridSearchCV(KernelRidge(kernel="rbf"), KRR_GRID, cv=folds, scoring="neg_mean_absolute_error")
+        model = make_pipeline(StandardScaler(), TransformedTargetRegressor(search, transformer=StandardScaler()))
     else:
-        raise ValueError(f"unknown baseline model {name!r}; known: {', '.join(MODELS)}")
+        raise ValueError(f"unknown baseline model {name!r}; known: {', '.join(MODELS + EMBEDDING_MODELS)}")
     return make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), model)
 
 
@@ -39,38 +61,71 @@ def fit_and_score(features: pd.DataFrame, y: np.ndarray, train_rows: np.ndarray,
                   model: str, seed: int) -> dict:
     """Fit ``model`` on ``train_rows`` of the features, score it on ``test_rows``: metrics and fit time."""
     start = time.perf_counter()
-    regressor = make_model(model, seed).fit(features.iloc[train_rows].to_numpy(), y[train_rows])
+    regressor = make_model(model, seed, len(train_rows)).fit(features.iloc[train_rows].to_numpy(), y[train_rows])
     predicted = regressor.predict(features.iloc[test_rows].to_numpy())
     return {**regression_metrics(y[test_rows], predicted), "fit_s": time.perf_counter() - start}
 
 
 def run_baselines(table: PropertyTable, n: int, seeds: Sequence[int], models: Sequence[str] = MODELS,
-                  sets: Sequence[str] = FEATURE_SETS, progress: bool = True) -> tuple[pd.DataFrame, dict]:
+                  sets: Sequence[str] = FEATURE_SETS, progress: bool = True,
+                  encoder: str | Path | None = None) -> tuple[pd.DataFrame, dict]:
     """One row per (model, seed): test metrics of each model trained on the fine-tune subset of (n, seed).
 
-    Returns the rows and featurization stats (structures, seconds, whether read from the cache). Only the rows
-    some split uses are featurized, once for all seeds.
+    Trees read matminer features; ``krr`` reads the pooled embeddings of the frozen ``encoder`` (a checkpoint
+    or a package's pre-trained model by name, e.g. ``chgnet:0.3.0``), from the latent cache. Returns the rows
+    and featurization stats (structures, seconds, whether read from the cache). Only the rows some split uses
+    are featurized, once for all seeds.
     """
+    unknown = [m for m in models if m not in MODELS + EMBEDDING_MODELS]
+    if unknown:
+        raise ValueError(f"unknown baseline models {unknown}; known: {', '.join(MODELS + EMBEDDING_MODELS)}")
+    if encoder is None and any(m in EMBEDDING_MODELS for m in models):
+        raise ConfigError(f"{', '.join(EMBEDDING_MODELS)} needs an encoder: a checkpoint or a pre-trained name"
+                          " (e.g. cgcnn-mp:formation-energy, chgnet:0.3.0)")
+    source = load_source(encoder) if encoder is not None else None  # a bad name fails before any featurizing
     splits = {seed: make_split(table.ids, n, seed, dataset=table.name) for seed in seeds}
     used = sorted({i for split in splits.values() for i in (*split.train, *split.val, *split.test)})
     rows = table.subset(used)  # table order, so the cache key does not depend on seeds' set order
-    cached = features_path(rows.structures, sets).exists()
+    inputs: dict[str, pd.DataFrame] = {}
+    stats = {"structures": len(rows), "seconds": 0.0, "cached": True}
     start = time.perf_counter()
-    features = cached_features(rows.structures, sets, progress, table.name)
-    feature_s = time.perf_counter() - start
-    position = {row_id: k for k, row_id in enumerate(rows.ids)}
+    if any(m in MODELS for m in models):
+        stats["cached"] = features_path(rows.structures, sets).exists()
+        inputs["matminer"] = cached_features(rows.structures, sets, progress, table.name)
+    stats["seconds"] = time.perf_counter() - start
+    if source is not None:
+        start = time.perf_counter()
+        inputs[str(encoder)] = pd.DataFrame(frozen_embeddings(source, rows, progress))
+        stats["embedding_seconds"] = time.perf_counter() - start
+    y = pd.Series(rows.y, index=rows.ids)
     records = []
     for seed, split in splits.items():
-        train_ids = _training_ids(split)
-        assert_disjoint(train_ids, [], split.test)  # a test id in training raises LeakError
-        train_rows = np.array([position[i] for i in train_ids])
-        test_rows = np.array([position[i] for i in split.test])
         for model in models:
-            scores = fit_and_score(features, rows.y, train_rows, test_rows, model, seed)
+            name = "matminer" if model in MODELS else str(encoder)
+            scores = score_split(inputs[name].set_axis(rows.ids), y, split, model, seed)
             records.append({"dataset": table.name, "target": table.target, "unit": table.unit, "model": model,
-                            "n": n, "seed": seed, "n_train": len(train_rows), "n_test": scores.pop("n"),
-                            "n_features": features.shape[1], **scores})
-    return pd.DataFrame(records), {"structures": len(rows), "seconds": feature_s, "cached": cached}
+                            "features": name, "n": n, "seed": seed, "n_train": scores.pop("n_train"),
+                            "n_test": scores.pop("n"), "n_features": inputs[name].shape[1], **scores})
+    return pd.DataFrame(records), stats
+
+
+def score_split(features: pd.DataFrame, y: pd.Series, split: Split, model: str, seed: int) -> dict:
+    """Fit ``model`` on the split's train + val ids and score it on its test ids (``features`` and ``y``
+    indexed by id): metrics, ``n_train`` and fit time. A test id among the training ids raises LeakError."""
+    train_ids = _training_ids(split)
+    assert_disjoint(train_ids, [], split.test)
+    missing = sorted(set(train_ids + list(split.test)) - set(features.index))[:5]
+    if missing:
+        raise KeyError(f"ids without features: {missing}")
+    train_rows, test_rows = features.index.get_indexer(train_ids), features.index.get_indexer(split.test)
+    scores = fit_and_score(features, y.reindex(features.index).to_numpy(), train_rows, test_rows, model, seed)
+    return {**scores, "n_train": len(train_rows)}
+
+
+def frozen_embeddings(model: TransferModel, table: PropertyTable, progress: bool = False) -> np.ndarray:
+    """The frozen encoder's pooled vector of every row of ``table`` (n, d), through the latent cache."""
+    inputs = featurize(model, table, progress=progress)
+    return cached_latents(model, row_keys(table, model.encoder.featurizer()), inputs).detach().double().cpu().numpy()
 
 
 def _training_ids(split: Split) -> list[str]:
