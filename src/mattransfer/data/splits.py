@@ -102,6 +102,14 @@ def make_split(
                  test_fraction=test_fraction, test_seed=test_seed)
 
 
+def without_formulas(table: PropertyTable, formulas: set[str], reason: str) -> PropertyTable:
+    """``table`` without the rows whose reduced formula is in ``formulas``; their count is ``dropped[reason]``."""
+    keep = [i for i, c in zip(table.ids, table.row_compositions()) if c.reduced_formula not in formulas]
+    kept = table.subset(keep)
+    kept.dropped[reason] = len(table) - len(keep)
+    return kept
+
+
 def training_record(table: PropertyTable, split: Split) -> dict:
     """What a model was trained on, as plain types for its checkpoint: the dataset, how its test set
     was drawn, and the identities (structure key, reduced formula) of its train and val rows."""
