@@ -145,7 +145,7 @@ def test_element_fractions_are_cached_and_magpie_statistics_match_matminer(comp_
     assert batch.num_graphs == 2 and set(batch.batch.tolist()) == {0, 1}
     assert store.elements()[0] == {el.Z for el in table.compositions[0]}
 
-    ours = magpie_statistics(store.x[:3], magpie_table()).numpy()
+    ours = magpie_statistics(store.batch(torch.arange(3)), magpie_table()).numpy()
     preset = ElementProperty.from_preset("magpie", impute_nan=True)
     # matminer orders by property, then statistic; ours by statistic, then property.
     theirs = np.array([preset.featurize(c) for c in table.compositions[:3]]).reshape(3, 22, 6).transpose(0, 2, 1)

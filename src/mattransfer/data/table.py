@@ -245,7 +245,7 @@ def _ids_and_structures(
     if structure_column not in frame.columns:
         missing = MissingStructures(len(ids), (
             f"{source}: composition-only data (column 'composition', no {structure_column!r} column); this"
-            " encoder reads crystal structures: use a composition encoder (elemnet, roost) or point this"
+            " encoder reads crystal structures: use a composition encoder (elemnet, magpie-mlp) or point this"
             " dataset at a file with structures."))
         return ids, missing, [_composition(c, f"{source}: row {i!r} column 'composition'")
                               for i, c in zip(ids, frame["composition"])]

@@ -1,8 +1,8 @@
 """A Magpie MLP: Ward et al.'s Magpie statistics (npj Comput. Mater. 2016: minimum, maximum, range, mean,
 mean absolute deviation and mode over a formula's elements of 22 element properties, as matminer's
 ``ElementProperty.from_preset("magpie")``), computed inside the model from the element fractions, then an
-MLP. The statistics are one matrix product and a few masked reductions on the dense fractions, so
-batches stay dense tensors and the inputs are the same cached store as ElemNet's.
+MLP. The statistics are a few scatter reductions over the elements of each formula in a batch, and
+the inputs are the same cached store of dense fractions as ElemNet's.
 
 Kept as the stronger composition model because the element properties carry chemistry an element-
 fraction network must learn from data (which a few thousand experimental gaps do not hold).
@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
+from torch_geometric.utils import scatter
 
 from mattransfer.graphs.composition import N_ELEMENTS, CompositionBatch
 from mattransfer.models.encoders.base import register_encoder
@@ -35,18 +36,22 @@ def magpie_table() -> Tensor:
     return torch.tensor(table, dtype=torch.float32)
 
 
-def magpie_statistics(x: Tensor, table: Tensor) -> Tensor:
-    """(B, 6 × P) statistics of the properties ``table`` (E, P) weighted by the fractions ``x`` (B, E)."""
-    present = (x > 0).unsqueeze(-1)  # (B, E, 1)
-    values = table.unsqueeze(0)  # (1, E, P)
-    inf = torch.tensor(float("inf"), device=x.device)
-    minimum = torch.where(present, values, inf).amin(1)
-    maximum = torch.where(present, values, -inf).amax(1)
-    mean = x @ table
-    avg_dev = (x.unsqueeze(-1) * (values - mean.unsqueeze(1)).abs()).sum(1)
+def magpie_statistics(batch: CompositionBatch, table: Tensor) -> Tensor:
+    """(B, 6 × P) statistics of the properties ``table`` (E, P) over each formula's elements, weighted by
+    their fractions. Reduced over the elements present (a few per formula), not over all E columns."""
+    size, owner = batch.num_graphs, batch.batch
+    values = table[batch.z - 1]  # (n_present, P)
+    weight = batch.fraction.unsqueeze(1)
+
+    def reduce(v: Tensor, how: str) -> Tensor:
+        return scatter(v, owner, 0, dim_size=size, reduce=how)
+
+    minimum, maximum = reduce(values, "min"), reduce(values, "max")
+    mean = reduce(weight * values, "sum")
+    avg_dev = reduce(weight * (values - mean[owner]).abs(), "sum")
     # matminer's mode: the property of the most abundant element (the smallest value among ties)
-    most = (x == x.amax(1, keepdim=True)).unsqueeze(-1) & present
-    mode = torch.where(most, values, inf).amin(1)
+    most = (batch.fraction == reduce(batch.fraction, "max")[owner]).unsqueeze(1)
+    mode = reduce(torch.where(most, values, torch.full_like(values, float("inf"))), "min")
     return torch.cat([minimum, maximum, maximum - minimum, mean, avg_dev, mode], dim=1)
 
 
@@ -77,7 +82,7 @@ class MagpieMLP(WholeFormulaEncoder):
         return ["norm", *(f"layers.{i}" for i in range(len(self.layers)))]
 
     def formula_features(self, batch: CompositionBatch) -> Tensor:
-        features = magpie_statistics(batch.x, self.properties)
+        features = magpie_statistics(batch, self.properties)
         h = self.norm(torch.cat([features, batch.x], dim=1) if self.fractions else features)
         for block in self.layers:
             h = block(h)
