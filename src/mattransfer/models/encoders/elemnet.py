@@ -1,6 +1,7 @@
-"""ElemNet (Jha et al., Sci. Rep. 2018; the DFT → experiment transfer of Nature Commun. 2019): a deep MLP on
-element fractions. Each hidden layer is a named block, so ``freeze`` with ``train_last: k`` re-trains the
-last k layers of a pre-trained ElemNet, as the paper's transfer did."""
+"""ElemNet (Jha et al., Sci. Rep. 2018): a deep MLP on element fractions, compositions only.
+
+Each hidden layer is a named block, so ``freeze`` with ``train_last: k`` re-trains the last k layers of a
+pre-trained ElemNet, as the DFT → experiment transfer of Jha et al. (Nature Commun. 2019) did."""
 
 from __future__ import annotations
 

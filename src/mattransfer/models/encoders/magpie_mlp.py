@@ -1,11 +1,13 @@
-"""A Magpie MLP: Ward et al.'s Magpie statistics (npj Comput. Mater. 2016: minimum, maximum, range, mean,
-mean absolute deviation and mode over a formula's elements of 22 element properties, as matminer's
-``ElementProperty.from_preset("magpie")``), computed inside the model from the element fractions, then an
-MLP. The statistics are a few scatter reductions over the elements of each formula in a batch, and
-the inputs are the same cached store of dense fractions as ElemNet's.
+"""An MLP on Magpie statistics of the element fractions (Ward et al. 2016), compositions only.
 
-Kept as the stronger composition model because the element properties carry chemistry an element-
-fraction network must learn from data (which a few thousand experimental gaps do not hold).
+The statistics (minimum, maximum, range, mean, mean absolute deviation and mode over a formula's elements
+of 22 element properties, as matminer's ``ElementProperty.from_preset("magpie")``) are computed inside the
+model from the element fractions (a few scatter reductions over the elements of each formula of a
+batch), then an MLP reads them. Its inputs are the same cached store of dense fractions as ElemNet's.
+
+The stronger composition model here: the element properties carry chemistry that an element-fraction
+network must learn from data, which a few thousand experimental gaps do not hold (measured in
+docs/results/dft-to-expt).
 """
 
 from __future__ import annotations
