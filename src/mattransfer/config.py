@@ -17,8 +17,9 @@ from mattransfer.training.trainer import COMPILE_HELP, TrainingOptions
 
 
 class FormulaExclusion(BaseModel):
-    """Rows of another dataset whose reduced formulas a run's data must not hold: a DFT pre-training kept
-    apart from an experimental test set (``rows: test``, that dataset's fixed test set) or from all of it."""
+    """Rows of another dataset whose formulas (compared as element fractions: SnPb4Se5 = Sn0.2Pb0.8Se1) a run's
+    data must not hold: a DFT pre-training kept apart from an experimental test set (``rows: test``, that
+    dataset's fixed test set) or from all of it."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -60,7 +61,7 @@ class DataConfig(BaseModel):
         None, ge=0, lt=1, description="fraction of the samples used for validation: 0.1, or 0 with a validation_set file")
     test_seed: int = Field(0, description="seed of the fixed test set; keep it to compare experiments")
     exclude_formulas_of: list[FormulaExclusion] = Field(
-        default_factory=list, description="remove every row whose reduced formula is in these datasets' test sets"
+        default_factory=list, description="remove every row whose formula (element fractions) is in these datasets' test sets"
                                           " (or all their rows) before drawing; the count is in metrics.json")
 
     @model_validator(mode="before")

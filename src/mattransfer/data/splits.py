@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mattransfer.data.table import PropertyTable
+from mattransfer.data.table import PropertyTable, composition_key
 from mattransfer.errors import DataError, LeakError
 from mattransfer.fileio import write_json
 
@@ -102,9 +102,11 @@ def make_split(
                  test_fraction=test_fraction, test_seed=test_seed)
 
 
-def without_formulas(table: PropertyTable, formulas: set[str], reason: str) -> PropertyTable:
-    """``table`` without the rows whose reduced formula is in ``formulas``; their count is ``dropped[reason]``."""
-    keep = [i for i, c in zip(table.ids, table.row_compositions()) if c.reduced_formula not in formulas]
+def without_compositions(table: PropertyTable, compositions: set[str], reason: str) -> PropertyTable:
+    """``table`` without the rows whose `composition_key` is in ``compositions``; their count is ``dropped[reason]``.
+
+    By element fractions, not reduced formulas: pymatgen writes Sn0.2Pb0.8Se1 and SnPb4Se5 differently."""
+    keep = [i for i, c in zip(table.ids, table.row_compositions()) if composition_key(c) not in compositions]
     kept = table.subset(keep)
     kept.dropped[reason] = len(table) - len(keep)
     return kept
