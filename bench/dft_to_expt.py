@@ -120,6 +120,46 @@ def summarize(rows: pd.DataFrame, runs_dir: Path, out: Path) -> pd.DataFrame:
     return frame
 
 
+def markdown(summary: pd.DataFrame) -> str:
+    """The four-row table (at the whole experimental pool) per encoder, then every method at every size."""
+    def cell(row) -> str:
+        spread = f" ± {row.mae_std:.3f}" if row.n_seeds > 1 else ""
+        return f"{row.mae_mean:.3f}{spread}"
+
+    def paired(row) -> str:
+        return "" if row.p_vs_scratch in ("", None) or pd.isna(row.p_vs_scratch) else \
+            f"{float(row.delta_vs_scratch):+.3f} (p = {float(row.p_vs_scratch):.2g})"
+
+    lines = ["| encoder | 1. scratch on experiment | 2. DFT model, its own DFT test | 3. DFT model zero-shot on experiment"
+             " | 4. transfer (best of full / heads / freeze-k; each below) |", "|---|---|---|---|---|"]
+    for encoder, rows in summary.groupby("encoder", sort=False):
+        def at(method: str, n: str = "all"):
+            found = rows[(rows["method"] == method) & (rows["n"].astype(str) == n)]
+            return found.iloc[0] if len(found) else None
+
+        own = rows[rows["method"] == "dft-own"].iloc[0] if (rows["method"] == "dft-own").any() else None
+        zero = at("zero-shot", "0")
+        transfers = rows[(~rows["method"].isin(["scratch", "dft-own", "zero-shot"])) & (rows["n"].astype(str) == "all")]
+        best = transfers.sort_values("mae_mean").iloc[0] if len(transfers) else None
+        scratch = at("scratch")
+        lines.append(
+            f"| {encoder} | {cell(scratch) + f' (n_test {scratch.n_test}, {scratch.n_seeds} seeds)' if scratch is not None else '–'}"
+            f" | {f'{own.mae_mean:.3f} (n_test {own.n_test}, one run)' if own is not None else '–'}"
+            f" | {f'{zero.mae_mean:.3f} (n_test {zero.n_test})' if zero is not None else '–'}"
+            f" | {f'{best.method}: {cell(best)} ({best.n_seeds} seeds); vs scratch {paired(best)}' if best is not None else '–'} |")
+    lines += ["", "Test MAE (eV) on expt_gap_comp's fixed test set, mean ± std over seeds; the last column: transfer − scratch"
+              " on the per-sample errors averaged over seeds, paired Wilcoxon p.", "",
+              "| encoder | method | n asked | samples (train + val) | seeds | test MAE (eV) | n_test | vs scratch |",
+              "|---|---|---|---|---|---|---|---|"]
+    order = {n: k for k, n in enumerate(["0", "100", "300", "1000", "all"])}
+    trained = summary[~summary["method"].isin(["dft-own"])].copy()
+    trained["order"] = [order.get(str(n), 9) for n in trained["n"]]
+    for row in trained.sort_values(["encoder", "order", "method"]).itertuples():
+        lines.append(f"| {row.encoder} | {row.method} | {row.n} | {row.n_samples} | {row.n_seeds} | {cell(row)} |"
+                     f" {row.n_test} | {paired(row)} |")
+    return "\n".join(lines) + "\n"
+
+
 def plot(summary: pd.DataFrame, path: Path) -> None:
     """Test MAE against experimental training size, one panel per encoder; the zero-shot DFT model as a line."""
     import matplotlib
@@ -182,6 +222,7 @@ def main_driver() -> None:
     rows = pd.read_csv(args.out, dtype={"n": str})
     summary = summarize(rows, args.runs_dir.resolve(), args.out.parent / "summary.csv")
     plot(summary, args.out.parent / "learning_curves.png")
+    (args.out.parent / "table.md").write_text(markdown(summary))
     print(summary.to_string())
 
 
