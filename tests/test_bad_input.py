@@ -213,17 +213,22 @@ def test_duplicate_ids_are_named(tmp_path):
 
 
 def test_composition_only_data(tmp_path):
+    """A composition-only table loads; reading a structure of it (a structure encoder) is the one-line error."""
     frame = pd.DataFrame({"composition": [Composition("NaCl"), Composition("GaAs")], "gap": [8.5, 1.4]}, index=["a", "b"])
     path = _write_matminer(frame, tmp_path / "comps.json.gz")
-    with pytest.raises(DataError, match=r"comps\.json\.gz: composition-only data.*need(s)? structures"):
-        _file_table(path, target="gap")
+    table = _file_table(path, target="gap")
+    assert [c.reduced_formula for c in table.row_compositions()] == ["NaCl", "GaAs"]
+    with pytest.raises(DataError, match=r"comps\.json\.gz: composition-only data.*reads crystal structures"):
+        table.structures[0]
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"offline datasets not at {SHARED_DATA}")
-def test_real_composition_only_file_is_refused():
+def test_real_composition_only_file_has_no_structures():
     sources = DataSources(data_dir=SHARED_DATA, datasets={"expt_gap": LocalFile(file="matbench_expt_gap", target="gap expt")})
+    table = sources.load("expt_gap")
+    assert len(table) == 4604 and table.compositions is not None
     with pytest.raises(DataError, match=r"matbench_expt_gap\.json\.gz: composition-only"):
-        sources.load("expt_gap")
+        list(table.structures)
 
 
 def test_structure_text_that_does_not_parse_names_file_and_row(tmp_path):

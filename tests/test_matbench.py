@@ -106,8 +106,8 @@ def test_options_may_not_choose_the_data(tmp_path, capsys):
     assert error.count("\n") == 1 and "data.dataset" in error and str(options) in error
 
 
-def test_composition_only_task_is_a_one_line_error(tmp_path, capsys):
-    assert main(["matbench", "matbench_expt_gap", "--options", str(_options(tmp_path)), "--out", str(tmp_path / "o")]) == 2
+def test_composition_only_task_is_a_one_line_error_for_a_structure_encoder(tmp_path, capsys):
+    assert main(["-q", "matbench", "matbench_expt_gap", "--options", str(_options(tmp_path)), "--out", str(tmp_path / "o")]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "composition-only" in error
 

@@ -16,6 +16,24 @@ from mattransfer.models.model import ModelConfig
 from mattransfer.training.trainer import COMPILE_HELP, TrainingOptions
 
 
+class FormulaExclusion(BaseModel):
+    """Rows of another dataset whose formulas (compared as element fractions: SnPb4Se5 = Sn0.2Pb0.8Se1) a run's
+    data must not hold: a DFT pre-training kept apart from an experimental test set (``rows: test``, that
+    dataset's fixed test set) or from all of it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(description="registry key of the other dataset, e.g. expt_gap_comp")
+    rows: Literal["test", "all"] = Field("test", description="its fixed test set, or all its rows")
+    test_fraction: float = Field(0.1, gt=0, lt=1, description="how its fixed test set is drawn (as its runs draw it)")
+    test_seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _key_alone(cls, raw: Any) -> Any:
+        return {"dataset": raw} if isinstance(raw, str) else raw  # `- expt_gap_comp`: its test set
+
+
 class DataConfig(BaseModel):
     """A registry key (``dataset``) or a file (``read_from``); then how many samples to draw.
 
@@ -42,6 +60,9 @@ class DataConfig(BaseModel):
     val_fraction: float | None = Field(
         None, ge=0, lt=1, description="fraction of the samples used for validation: 0.1, or 0 with a validation_set file")
     test_seed: int = Field(0, description="seed of the fixed test set; keep it to compare experiments")
+    exclude_formulas_of: list[FormulaExclusion] = Field(
+        default_factory=list, description="remove every row whose formula (element fractions) is in these datasets' test sets"
+                                          " (or all their rows) before drawing; the count is in metrics.json")
 
     @model_validator(mode="before")
     @classmethod

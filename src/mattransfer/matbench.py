@@ -54,7 +54,7 @@ TASKS: dict[str, MatbenchTask] = {
                      (("MODNet", 0.2711), ("coGN", 0.3088), ("ALIGNN", 0.3449), ("CGCNN", 0.5988))),
         MatbenchTask("matbench_log_gvrh", ("matbench_log_gvrh.json.gz", "matbench_log_gvrh_partial.json.gz"),
                      (("coNGN", 0.0670), ("ALIGNN", 0.0715))),
-        # Composition only: a structure encoder stops at loading with the table's composition-only error.
+        # Composition only: composition encoders (elemnet, magpie-mlp) run it; a structure encoder gets the table's error.
         MatbenchTask("matbench_expt_gap", ("matbench_expt_gap.json.gz",),
                      (("Darwin", 0.2865), ("CrabNet", 0.3310), ("MODNet", 0.3327))),
     ]
@@ -99,7 +99,7 @@ def load_task(task: MatbenchTask, path: Path | None) -> tuple[pd.DataFrame, Prop
         from matbench.data_ops import load
 
         source, frame = f"matbench {task.name} (downloaded by matminer)", load(task.name)
-    # The structure column always: a composition-only task gets the table's composition-only error.
+    # A composition-only task's table has compositions: a structure encoder gets its composition-only error.
     table = PropertyTable.from_frame(frame, name=task.name, target=metadata.target, unit=metadata.unit, source=source)
     return frame, table
 

@@ -59,6 +59,14 @@ REGISTRY: dict[str, DatasetSpec] = {
                     matminer="dielectric_constant", target="poly_total", unit="-"),
         DatasetSpec(key="piezo", description="max piezoelectric modulus (DFT)", matminer="piezoelectric_tensor",
                     target="eij_max", unit="C/m^2"),
+        # Composition-only keys, for composition encoders (elemnet, roost). Online, the mp ones load the
+        # matbench structures (same ids and targets), whose compositions those encoders read.
+        DatasetSpec(key="bandgap_comp", description="PBE band gap (DFT), compositions", matminer="matbench_mp_gap",
+                    target="gap pbe", unit="eV"),
+        DatasetSpec(key="eform_comp", description="formation energy (DFT), compositions",
+                    matminer="matbench_mp_e_form", target="e_form", unit="eV/atom"),
+        DatasetSpec(key="expt_gap_comp", description="experimental band gap, compositions (matbench task)",
+                    matminer="matbench_expt_gap", target="gap expt", unit="eV"),
         DatasetSpec(key="demo_energy", description="EMT energy per atom (embedded demo)",
                     target="energy_per_atom", unit="eV/atom"),
         DatasetSpec(key="demo_volume", description="EMT equilibrium volume (embedded demo)",

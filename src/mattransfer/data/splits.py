@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mattransfer.data.table import PropertyTable
+from mattransfer.data.table import PropertyTable, composition_key
 from mattransfer.errors import DataError, LeakError
 from mattransfer.fileio import write_json
 
@@ -100,6 +100,16 @@ def make_split(
     n_val = min(max(1, round(n * val_fraction)), n - 1) if val_fraction > 0 else 0
     return Split(train=tuple(chosen[n_val:]), val=tuple(chosen[:n_val]), test=tuple(test),
                  test_fraction=test_fraction, test_seed=test_seed)
+
+
+def without_compositions(table: PropertyTable, compositions: set[str], reason: str) -> PropertyTable:
+    """``table`` without the rows whose `composition_key` is in ``compositions``; their count is ``dropped[reason]``.
+
+    By element fractions, not reduced formulas: pymatgen writes Sn0.2Pb0.8Se1 and SnPb4Se5 differently."""
+    keep = [i for i, c in zip(table.ids, table.row_compositions()) if composition_key(c) not in compositions]
+    kept = table.subset(keep)
+    kept.dropped[reason] = len(table) - len(keep)
+    return kept
 
 
 def training_record(table: PropertyTable, split: Split) -> dict:

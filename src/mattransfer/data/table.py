@@ -1,4 +1,4 @@
-"""`PropertyTable`: crystal structures with one scalar target each, validated once at load time."""
+"""`PropertyTable`: crystal structures (or compositions only) with one scalar target each, validated once at load time."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
-from pymatgen.core import Structure
+from pymatgen.core import Composition, Structure
 
 from mattransfer.errors import DataError
 
@@ -63,9 +63,32 @@ class Structures(Sequence):
         return Structures(self._cells[k] for k in rows)
 
 
+class MissingStructures(Structures):
+    """The structures of a composition-only table: it has a length, and reading any structure is the
+    one-line error ``message`` (a structure encoder given compositions stops there, wherever it reads)."""
+
+    def __init__(self, n: int, message: str) -> None:
+        self._n, self._message = n, message
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, index):  # type: ignore[override]
+        raise DataError(self._message)
+
+    def __add__(self, other: Structures) -> Structures:
+        if not isinstance(other, MissingStructures):
+            raise DataError(self._message)
+        return MissingStructures(self._n + other._n, self._message)
+
+    def take(self, rows: Iterable[int]) -> Structures:
+        return MissingStructures(len(list(rows)), self._message)
+
+
 @dataclass
 class PropertyTable:
-    """One property of a set of crystals.
+    """One property of a set of crystals, or of compositions (``compositions`` given, ``structures`` a
+    `MissingStructures`: composition encoders read `row_compositions`, structure encoders get an error).
 
     ``dropped`` counts rows removed at load time, by reason, so a run log can report them.
     """
@@ -80,6 +103,7 @@ class PropertyTable:
     dropped: dict[str, int] = field(default_factory=dict)
     # Per row: structure key and reduced formula (`identities`); given where the structures are not.
     known_identities: dict[str, list[str]] | None = field(default=None, repr=False)
+    compositions: list[Composition] | None = field(default=None, repr=False)  # of a composition-only table
 
     def __post_init__(self) -> None:
         if not isinstance(self.structures, Structures):
@@ -90,10 +114,19 @@ class PropertyTable:
 
     def identities(self) -> dict[str, list[str]]:
         """``{"structure": [...], "formula": [...]}``: each row's `structure_key` and reduced formula."""
-        if self.known_identities is None:
+        if self.known_identities is None and self.compositions is not None:  # the composition is the identity
+            self.known_identities = {"structure": [composition_key(c) for c in self.compositions],
+                                     "formula": [c.reduced_formula for c in self.compositions]}
+        elif self.known_identities is None:
             self.known_identities = {"structure": [structure_key(s) for s in self.structures],
                                      "formula": [s.composition.reduced_formula for s in self.structures]}
         return self.known_identities
+
+    def row_compositions(self) -> list[Composition]:
+        """Each row's composition: given, or its structure's."""
+        if self.compositions is not None:
+            return list(self.compositions)
+        return [s.composition for s in self.structures]
 
     def subset(self, ids: list[str]) -> PropertyTable:
         """The rows of ``ids``, in table order."""
@@ -104,6 +137,7 @@ class PropertyTable:
         return PropertyTable(
             self.name, self.target, self.unit, self.source, [self.ids[k] for k in rows],
             self.structures.take(rows) if len(self.structures) else [], self.y[rows], dict(self.dropped), known,
+            None if self.compositions is None else [self.compositions[k] for k in rows],
         )
 
     def concat(self, other: PropertyTable, prefix: str) -> tuple[PropertyTable, list[str]]:
@@ -123,9 +157,10 @@ class PropertyTable:
             raise DataError(f"{other.source}: target {other.target!r} [{other.unit}] differs from {self.source}'s"
                             f" {self.target!r} [{self.unit}].")
         dropped = {k: self.dropped.get(k, 0) + other.dropped.get(k, 0) for k in {*self.dropped, *other.dropped}}
+        compositions = None if self.compositions is None else self.row_compositions() + other.row_compositions()
         table = PropertyTable(self.name, self.target, self.unit, self.source, [*self.ids, *ids],
                               self.structures + other.structures,
-                              np.concatenate([self.y, other.y]), dropped)
+                              np.concatenate([self.y, other.y]), dropped, compositions=compositions)
         return table, ids
 
     @classmethod
@@ -140,7 +175,8 @@ class PropertyTable:
         structure_column: str = "structure",
         id_column: str | None = None,
     ) -> PropertyTable:
-        """Validate a matminer-style frame: structures, a numeric target, unique ids.
+        """Validate a matminer-style frame: structures (or, without them, compositions), a numeric target,
+        unique ids.
 
         Non-finite targets are dropped and counted; everything else that is wrong is an error
         naming ``source`` and the offending column or row.
@@ -151,7 +187,7 @@ class PropertyTable:
             raise DataError(
                 f"{source}: target column {target!r} not found; columns are {list(frame.columns)}."
             )
-        ids, structures = _ids_and_structures(frame, source, structure_column, id_column)
+        ids, structures, compositions = _ids_and_structures(frame, source, structure_column, id_column)
         y = pd.to_numeric(frame[target], errors="coerce").to_numpy(dtype=np.float64)
         keep = np.isfinite(y)
         dropped = {}
@@ -170,9 +206,10 @@ class PropertyTable:
             unit=unit,
             source=source,
             ids=[i for i, k in zip(ids, keep) if k],
-            structures=Structures(s for s, k in zip(structures, keep) if k),
+            structures=structures.take(np.flatnonzero(keep)),
             y=y[keep],
             dropped=dropped,
+            compositions=None if compositions is None else [c for c, k in zip(compositions, keep) if k],
         )
 
     @classmethod
@@ -183,22 +220,17 @@ class PropertyTable:
         """Structures whose property is not known yet (targets NaN): a pool to choose labels from."""
         if frame.empty:
             raise DataError(f"{source}: the dataset is empty (no rows).")
-        ids, structures = _ids_and_structures(frame, source, structure_column, id_column)
+        ids, structures, compositions = _ids_and_structures(frame, source, structure_column, id_column)
         return cls(name=name, target="", unit="", source=source, ids=ids, structures=structures,
-                   y=np.full(len(ids), np.nan))
+                   y=np.full(len(ids), np.nan), compositions=compositions)
 
 
 def _ids_and_structures(
     frame: pd.DataFrame, source: str, structure_column: str, id_column: str | None
-) -> tuple[list[str], list[Structure]]:
-    """Unique string ids and pymatgen structures of every row; errors name the column or row."""
-    if structure_column not in frame.columns:
-        if "composition" in frame.columns:
-            raise DataError(
-                f"{source}: composition-only data (column 'composition', no {structure_column!r}"
-                " column). mattransfer's models are crystal graph networks and need structures;"
-                " point this dataset at a file with structures."
-            )
+) -> tuple[list[str], Structures, list[Composition] | None]:
+    """Unique string ids and the structures of every row, or (composition-only data) `MissingStructures`
+    and the rows' compositions; errors name the column or row."""
+    if structure_column not in frame.columns and "composition" not in frame.columns:
         raise DataError(
             f"{source}: structure column {structure_column!r} not found;"
             f" columns are {list(frame.columns)}."
@@ -210,6 +242,13 @@ def _ids_and_structures(
             f"{source}: duplicate ids {duplicated[:5]}{' …' if len(duplicated) > 5 else ''}"
             f" ({len(duplicated)} in all); every row needs a unique id."
         )
+    if structure_column not in frame.columns:
+        missing = MissingStructures(len(ids), (
+            f"{source}: composition-only data (column 'composition', no {structure_column!r} column); this"
+            " encoder reads crystal structures: use a composition encoder (elemnet, magpie-mlp) or point this"
+            " dataset at a file with structures."))
+        return ids, missing, [_composition(c, f"{source}: row {i!r} column 'composition'")
+                              for i, c in zip(ids, frame["composition"])]
     structures = list(frame[structure_column])
     for row_id, structure in zip(ids, structures):
         if not isinstance(structure, (Structure, EncodedStructure)):
@@ -217,7 +256,29 @@ def _ids_and_structures(
                 f"{source}: row {row_id!r} column {structure_column!r} holds"
                 f" {type(structure).__name__}, not a pymatgen Structure."
             )
-    return ids, structures
+    return ids, Structures(structures), None
+
+
+def _composition(cell: object, where: str) -> Composition:
+    """A pymatgen Composition from a decoded cell or a formula (CSV); anything else is an error naming ``where``."""
+    if isinstance(cell, Composition):
+        composition = cell
+    elif isinstance(cell, str) and cell.strip():
+        try:
+            composition = Composition(cell)
+        except Exception as exc:
+            raise DataError(f"{where}: {cell!r} is not a chemical formula ({exc}).") from exc
+    else:
+        raise DataError(f"{where} holds {type(cell).__name__}, not a composition or a formula.")
+    if composition.num_atoms <= 0:
+        raise DataError(f"{where}: the composition {cell!r} has no atoms.")
+    return composition
+
+
+def composition_key(composition: Composition) -> str:
+    """The identity of a composition-only row: its element fractions, rounded (1e-4) so that Fe2O3 and Fe4O6 agree."""
+    fractions = sorted((el.Z, round(f, 4)) for el, f in composition.fractional_composition.items())
+    return "composition:" + hashlib.sha256(repr(fractions).encode()).hexdigest()[:16]
 
 
 def structure_key(structure: Structure) -> str:

@@ -1,4 +1,4 @@
-"""What an encoder reads: a `Featurizer` turns structures into an `InputStore`, cached on disk.
+"""What an encoder reads: a `Featurizer` turns structures (or compositions) into an `InputStore`, cached on disk.
 
 Each encoder declares its featurizer (a radius graph for CGCNN, the package's own graph for a
 pre-trained universal model, ...). Stores are cached under a content hash of the structures and the
@@ -15,7 +15,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 import torch
-from pymatgen.core import Structure
+from pymatgen.core import Composition, Structure
 from torch import Tensor
 
 from mattransfer.data.table import PropertyTable
@@ -95,23 +95,32 @@ def positions_of(ids: Sequence[str], wanted: Sequence[str]) -> Tensor:
 def inputs_hash(table: PropertyTable, featurizer: Featurizer) -> str:
     """Content hash of everything an input depends on: ids, lattices, species, positions, featurizer."""
     digest = hashlib.sha256(featurizer.key().encode())
-    for row_id, structure in zip(table.ids, table.structures):
-        _add_row(digest, row_id, structure)
+    for row_id, cell in zip(table.ids, _cells(table)):
+        _add_row(digest, row_id, cell)
     return digest.hexdigest()[:20]
 
 
 def row_keys(table: PropertyTable, featurizer: Featurizer) -> list[str]:
     """A content hash of each row's input (its id, structure and the featurizer), for per-row caches."""
     keys = []
-    for row_id, structure in zip(table.ids, table.structures):
+    for row_id, cell in zip(table.ids, _cells(table)):
         digest = hashlib.sha256(f"{featurizer.name}:{featurizer.key()}".encode())
-        _add_row(digest, row_id, structure)
+        _add_row(digest, row_id, cell)
         keys.append(digest.hexdigest()[:24])
     return keys
 
 
-def _add_row(digest: "hashlib._Hash", row_id: str, structure: Structure) -> None:
+def _cells(table: PropertyTable) -> Sequence[Structure] | list[Composition]:
+    """What a row's input depends on: its structure, or the composition of a composition-only table."""
+    return table.structures if table.compositions is None else table.compositions
+
+
+def _add_row(digest: "hashlib._Hash", row_id: str, cell: Structure | Composition) -> None:
     digest.update(row_id.encode())
+    if isinstance(cell, Composition):
+        digest.update(repr(sorted((el.Z, amount) for el, amount in cell.items())).encode())
+        return
+    structure = cell
     digest.update(np.asarray(structure.atomic_numbers, dtype=np.int64).tobytes())
     digest.update(structure.lattice.matrix.tobytes())
     digest.update(structure.frac_coords.tobytes())

@@ -1,0 +1,157 @@
+"""Composition-only data and composition encoders (ElemNet, the Magpie MLP): training through `mattransfer
+train`, freezing the last k layers, a structure encoder's error, and keeping an experimental test set's
+formulas out of a DFT pre-training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from pymatgen.core import Composition
+
+from mattransfer.cli import main
+from mattransfer.data.registry import DataSources
+from mattransfer.data.splits import fixed_test_ids
+from mattransfer.data.table import composition_key
+from mattransfer.graphs.composition import N_ELEMENTS, ElementFractions
+from mattransfer.graphs.inputs import cached_inputs
+from mattransfer.models.encoders.magpie_mlp import magpie_statistics, magpie_table
+from mattransfer.models.model import TransferModel
+
+ELEMNET = {"name": "elemnet", "widths": [32, 32, 16, 16, 8]}
+TRAINING = {"max_epochs": 3, "patience": 3, "batch_size": 32, "lr": 3e-3}
+
+
+def _formulas(n: int, seed: int, elements: list[str]) -> list[str]:
+    """``n`` distinct binary and ternary formulas drawn from ``elements``."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, None] = {}
+    while len(out) < n:
+        chosen = rng.choice(elements, size=rng.integers(2, 4), replace=False)
+        formula = "".join(f"{el}{rng.integers(1, 5)}" for el in chosen)
+        out[Composition(formula).reduced_formula] = None
+    return list(out)
+
+
+def _write(path: Path, formulas: list[str], target: str) -> Path:
+    """A CSV of formulas and a target that depends on them (mean electronegativity)."""
+    y = [Composition(f).average_electroneg for f in formulas]
+    pd.DataFrame({"id": [f"{path.stem}-{k}" for k in range(len(formulas))], "composition": formulas,
+                  target: y}).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def comp_sources(tmp_path) -> Path:
+    """A data-sources file serving bandgap_comp (300 "DFT" rows) and expt_gap_comp (120 "experimental"
+    rows, 40 of them formulas of the DFT set too, half of those written as fractions: Li0.4O0.6 for Li2O3)
+    from CSV files of formulas."""
+    elements = ["Li", "Na", "K", "Mg", "Ca", "Al", "Ga", "Si", "Ge", "O", "S", "Se", "N", "P", "F", "Cl", "Zn", "Cu"]
+    dft = _formulas(300, 0, elements)
+    as_fractions = [Composition(f).fractional_composition.formula.replace(" ", "") for f in dft[:20]]
+    expt = as_fractions + dft[20:40] + [f for f in _formulas(200, 1, elements) if f not in dft][:80]
+    _write(tmp_path / "dft.csv", dft, "gap pbe")
+    _write(tmp_path / "expt.csv", expt, "gap expt")
+    path = tmp_path / "sources.yaml"
+    path.write_text(yaml.safe_dump({"data_dir": str(tmp_path), "datasets": {
+        "bandgap_comp": {"file": "dft.csv"}, "expt_gap_comp": {"file": "expt.csv"}}}))
+    return path
+
+
+def _train(tmp_path: Path, name: str, sources: Path | None, data: dict, **sections) -> dict:
+    options = {"seed": 0, "device": "cpu", "output_dir": str(tmp_path / name), "data": data,
+               "training": TRAINING, **sections}
+    if sources is not None:
+        options["data_sources"] = str(sources)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(options))
+    assert main(["-q", "--threads", "1", "train", str(path)]) == 0
+    return json.loads((tmp_path / name / "metrics.json").read_text())
+
+
+def test_composition_encoders_train_and_freeze_keeps_all_but_the_last_k_layers(comp_sources, tmp_path):
+    metrics = _train(tmp_path, "dft", comp_sources, {"dataset": "bandgap_comp"},
+                     model={"encoder": ELEMNET, "head": {"hidden": []}})
+    assert metrics["n_train"] + metrics["n_val"] + metrics["n_test"] == 300 and metrics["test"]["mae"] > 0
+    checkpoint = tmp_path / "dft" / "model.ckpt"
+    source = TransferModel.load(checkpoint)
+    assert source.encoder.blocks() == [f"layers.{i}" for i in range(5)]
+
+    _train(tmp_path, "freeze", comp_sources, {"dataset": "expt_gap_comp"},
+           finetune={"method": "freeze", "read_from": str(checkpoint), "config": {"train_last": 2},
+                     "allow_test_overlap": True})
+    tuned = TransferModel.load(tmp_path / "freeze" / "model.ckpt")
+    before, after = source.encoder.state_dict(), tuned.encoder.state_dict()
+    for name in before:
+        block = int(name.split(".")[1])
+        assert torch.equal(before[name], after[name]) == (block < 3), name  # layers 0-2 frozen, 3-4 trained
+
+    # The Magpie MLP on the same table; its inputs are the same cached fractions.
+    metrics = _train(tmp_path, "magpie", comp_sources, {"dataset": "expt_gap_comp"},
+                     model={"encoder": {"name": "magpie-mlp", "widths": [16, 8]}})
+    assert metrics["test"]["mae"] > 0
+
+
+def test_a_composition_encoder_reads_the_compositions_of_structures(tmp_path):
+    metrics = _train(tmp_path, "demo", None, {"dataset": "demo_energy", "n_samples": 60},
+                     model={"encoder": ELEMNET})
+    assert metrics["n_train"] > 0 and np.isfinite(metrics["test"]["mae"])
+
+
+def test_a_structure_encoder_on_compositions_is_a_one_line_error(comp_sources, tmp_path, capsys):
+    options = {"device": "cpu", "output_dir": str(tmp_path / "cgcnn"), "data_sources": str(comp_sources),
+               "data": {"dataset": "expt_gap_comp"}, "training": TRAINING}
+    path = tmp_path / "cgcnn.yaml"
+    path.write_text(yaml.safe_dump(options))
+    assert main(["-q", "--threads", "1", "train", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "expt.csv: composition-only data" in error and "elemnet" in error
+
+
+def test_experimental_test_formulas_never_reach_the_dft_pre_training(comp_sources, tmp_path):
+    sources = DataSources.from_yaml(comp_sources)
+    expt = sources.load("expt_gap_comp")
+    test_rows = expt.subset(fixed_test_ids(expt.ids)).row_compositions()
+    test_compositions = {composition_key(c) for c in test_rows}
+    dft = sources.load("bandgap_comp")
+    shared = sum(composition_key(c) in test_compositions for c in dft.row_compositions())
+    # The fixture puts some there, some of them written otherwise (the exclusion compares element fractions).
+    assert shared > sum(c.reduced_formula in {t.reduced_formula for t in test_rows} for c in dft.row_compositions()) > 0
+
+    metrics = _train(tmp_path, "dft", comp_sources, {"dataset": "bandgap_comp",
+                                                     "exclude_formulas_of": ["expt_gap_comp"]},
+                     model={"encoder": ELEMNET})
+    assert metrics["dropped"] == {"formula_in_test_of_expt_gap_comp": shared}
+    split = json.loads((tmp_path / "dft" / "split.json").read_text())
+    keys = dict(zip(dft.ids, (composition_key(c) for c in dft.row_compositions())))
+    for part in ("train", "val", "test"):
+        assert not {keys[i] for i in split[part]} & test_compositions
+    assert metrics["n_train"] + metrics["n_val"] + metrics["n_test"] == 300 - shared
+
+    # The fine-tune on the experimental data then finds none of its test compositions in the pre-training.
+    _train(tmp_path, "tune", comp_sources, {"dataset": "expt_gap_comp"},
+           finetune={"method": "full", "read_from": str(tmp_path / "dft" / "model.ckpt")})
+    assert json.loads((tmp_path / "tune" / "metrics.json").read_text())["test_in_pretraining"]["same_formula"] == 0
+
+
+def test_element_fractions_are_cached_and_magpie_statistics_match_matminer(comp_sources):
+    from matminer.featurizers.composition import ElementProperty
+
+    table = DataSources.from_yaml(comp_sources).load("expt_gap_comp")
+    store = cached_inputs(table, ElementFractions(), progress=False)
+    assert store.x.shape == (120, N_ELEMENTS) and torch.allclose(store.x.sum(1), torch.ones(120))
+    assert cached_inputs(table, ElementFractions(), progress=False).x.equal(store.x)  # from the cache
+    batch = store.batch(torch.tensor([0, 5]))
+    assert batch.num_graphs == 2 and set(batch.batch.tolist()) == {0, 1}
+    assert store.elements()[0] == {el.Z for el in table.compositions[0]}
+
+    ours = magpie_statistics(store.batch(torch.arange(3)), magpie_table()).numpy()
+    preset = ElementProperty.from_preset("magpie", impute_nan=True)
+    # matminer orders by property, then statistic; ours by statistic, then property.
+    theirs = np.array([preset.featurize(c) for c in table.compositions[:3]]).reshape(3, 22, 6).transpose(0, 2, 1)
+    np.testing.assert_allclose(ours, theirs.reshape(3, -1), rtol=1e-4, atol=1e-3)
