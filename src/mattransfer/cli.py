@@ -164,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     matbench.add_argument("--options", type=Path, help="options YAML as for `train` (model, training, finetune …);"
                                                        " its data section may only hold val_fraction (default: the"
                                                        " default model and training)")
+    matbench.add_argument("--baseline", choices=["extra_trees", "hist_gb"],
+                          help="a feature baseline instead of a network (no options file): extra_trees (500 trees)"
+                               " or hist_gb on matminer features of the task's structures (cached), trained on"
+                               " all of each fold's train ids")
     matbench.add_argument("--out", type=Path, required=True, help="results directory (one run directory per fold)")
     matbench.add_argument("--folds", type=int, nargs="+", metavar="K", help="only these folds (0-4; default: all five)")
     matbench.add_argument("--data-sources", type=Path, help="data-sources YAML whose data_dir holds the task's file"
@@ -486,8 +490,8 @@ def _matbench(args: argparse.Namespace) -> None:
     from mattransfer.matbench import run_matbench
 
     overrides = {k: v for k, v in (("device", args.device), ("threads", args.threads)) if v is not None}
-    results = run_matbench(args.task, args.options, args.out, folds=args.folds, data_sources=args.data_sources,
-                           overrides=overrides, command="mattransfer " + shlex.join(args.argv),
+    results = run_matbench(args.task, args.options, args.out, baseline=args.baseline, folds=args.folds,
+                           data_sources=args.data_sources, overrides=overrides, command="mattransfer " + shlex.join(args.argv),
                            progress=not args.quiet)
     maes = ", ".join(f"fold {r.fold} {r.metrics['test']['mae']:.4g}" for r in results)
     print(f"{args.task}: test MAE {maes}; {args.out / 'results.md'}")

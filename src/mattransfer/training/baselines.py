@@ -8,7 +8,8 @@ scored on the dataset's fixed test set.
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,8 @@ from sklearn.pipeline import make_pipeline
 from mattransfer.data.splits import Split, assert_disjoint, make_split
 from mattransfer.data.table import PropertyTable
 from mattransfer.featurizers import FEATURE_SETS, cached_features, features_path
+from mattransfer.fileio import write_json
+from mattransfer.provenance import provenance
 from mattransfer.training.metrics import regression_metrics
 
 MODELS = ("extra_trees", "hist_gb")
@@ -35,13 +38,51 @@ def make_model(name: str, seed: int):
     return make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), model)
 
 
-def fit_and_score(features: pd.DataFrame, y: np.ndarray, train_rows: np.ndarray, test_rows: np.ndarray,
-                  model: str, seed: int) -> dict:
-    """Fit ``model`` on ``train_rows`` of the features, score it on ``test_rows``: metrics and fit time."""
+def fit_predict(features: pd.DataFrame, y: np.ndarray, train_rows: np.ndarray, test_rows: np.ndarray,
+                model: str, seed: int) -> tuple[np.ndarray, float]:
+    """Fit ``model`` on ``train_rows`` of the features; its predictions on ``test_rows`` and the seconds taken."""
     start = time.perf_counter()
     regressor = make_model(model, seed).fit(features.iloc[train_rows].to_numpy(), y[train_rows])
     predicted = regressor.predict(features.iloc[test_rows].to_numpy())
-    return {**regression_metrics(y[test_rows], predicted), "fit_s": time.perf_counter() - start}
+    return predicted, time.perf_counter() - start
+
+
+def fit_and_score(features: pd.DataFrame, y: np.ndarray, train_rows: np.ndarray, test_rows: np.ndarray,
+                  model: str, seed: int) -> dict:
+    """Fit ``model`` on ``train_rows`` of the features, score it on ``test_rows``: metrics and fit time."""
+    predicted, seconds = fit_predict(features, y, train_rows, test_rows, model, seed)
+    return {**regression_metrics(y[test_rows], predicted), "fit_s": seconds}
+
+
+def run_split(features: pd.DataFrame, table: PropertyTable, split: Split, model: str, seed: int,
+              run_dir: Path, featurized: dict[str, Any]) -> dict[str, Any]:
+    """A run directory as `training.run.run` writes one, for a baseline: ``model`` fitted on the split's train
+    and val ids (trees need no early stopping), tested on its test ids. ``features``: one row per row of
+    ``table``; ``featurized``: how they were made (sets, seconds, cached), recorded in the metrics.
+
+    Writes ``split.json``, ``test_predictions.csv`` and, last, ``metrics.json`` (the run's result schema;
+    no epochs); returns the metrics.
+    """
+    start = time.perf_counter()
+    train_ids = _training_ids(split)
+    assert_disjoint(train_ids, [], split.test)  # a test id in training raises LeakError
+    position = {row_id: k for k, row_id in enumerate(table.ids)}
+    train_rows = np.array([position[i] for i in train_ids])
+    test_rows = np.array([position[i] for i in split.test])
+    predicted, seconds = fit_predict(features, table.y, train_rows, test_rows, model, seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    split.to_json(run_dir / "split.json")
+    pd.DataFrame({"id": split.test, "y_true": table.y[test_rows], "y_pred": predicted}
+                 ).to_csv(run_dir / "test_predictions.csv", index=False)
+    test = regression_metrics(table.y[test_rows], predicted)
+    summary = {
+        "description": f"{model} {table.name}", "dataset": table.name, "target": table.target, "unit": table.unit,
+        "method": model, "seed": seed, "n_train": len(train_rows), "n_val": 0, "n_test": len(test_rows),
+        "n_features": features.shape[1], "features": featurized, "best_epoch": None, "epochs_run": None,
+        "fit_seconds": seconds, "wall_seconds": time.perf_counter() - start, "test": test, **provenance(),
+    }
+    write_json(run_dir / "metrics.json", summary)
+    return summary
 
 
 def run_baselines(table: PropertyTable, n: int, seeds: Sequence[int], models: Sequence[str] = MODELS,
