@@ -3,7 +3,9 @@
 The five folds are the matbench package's own (``matbench_v0.1_validation.json``, read through
 `MatbenchTask.validation`), never re-derived. Each fold trains one model through `training.run.run`
 (the one training path) on the fold's train ids, with a seeded ``data.val_fraction`` of them for early
-stopping, and tests it on the fold's test ids. A fold's run directory is finished when its
+stopping, and tests it on the fold's test ids; or, with ``--baseline``, fits a feature model of
+`training.baselines` on all the fold's train ids (`training.baselines.run_split`, the same run-directory
+files). Both go through one fold loop and one set of summaries. A fold's run directory is finished when its
 ``metrics.json`` exists (written last and atomically): a rerun keeps it and skips the fold.
 
 The tasks get their frame from us (`MatbenchTask.df`): the offline copies are indexed by matbench ids
@@ -193,7 +195,8 @@ def run_matbench(task_name: str, options: Path | None, out: Path, *, baseline: s
         fit_fold, record = _network_folds(config, table, progress), config.resolved()
         val_fraction = config.data.val_fraction
     else:
-        fit_fold, record = _baseline_folds(baseline, config.seed, table, progress), _baseline_record(baseline, config.seed)
+        fit_fold = _baseline_folds(baseline, config.seed, table, progress)
+        record = _baseline_record(baseline, config.seed)
         val_fraction = 0.0  # trees need no early stopping: each fold trains on all its train ids
     present = set(table.ids)
     folds_ids = fold_ids(task.name)
