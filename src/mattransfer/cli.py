@@ -164,9 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     matbench.add_argument("--options", type=Path, help="options YAML as for `train` (model, training, finetune …);"
                                                        " its data section may only hold val_fraction (default: the"
                                                        " default model and training)")
-    matbench.add_argument("--baseline", choices=["extra_trees", "hist_gb"],
-                          help="a feature baseline instead of a network (no options file): extra_trees (500 trees)"
-                               " or hist_gb on matminer features of the task's structures (cached), trained on"
+    matbench.add_argument("--baseline", choices=["extra_trees", "hist_gb", "hist_gb_l1"],
+                          help="a feature baseline instead of a network (no options file): extra_trees (500 trees),"
+                               " hist_gb or hist_gb_l1 (absolute-error loss) on matminer features of the task's structures (cached), trained on"
                                " all of each fold's train ids")
     matbench.add_argument("--out", type=Path, required=True, help="results directory (one run directory per fold)")
     matbench.add_argument("--folds", type=int, nargs="+", metavar="K", help="only these folds (0-4; default: all five)")
@@ -188,8 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--data", required=True, help="a dataset key (see `mattransfer datasets`)")
     baseline.add_argument("--n", required=True, type=_positive_int, help="labelled samples, as a fine-tune's n_samples")
     baseline.add_argument("--seeds", type=_non_negative_int, nargs="+", default=[0, 1, 2], help="subset seeds (default: 0 1 2)")
-    baseline.add_argument("--models", nargs="+", choices=["extra_trees", "hist_gb"], default=["extra_trees", "hist_gb"],
-                          help="models to fit (default: both): extra_trees (500 trees), hist_gb")
+    baseline.add_argument("--models", nargs="+", choices=["extra_trees", "hist_gb", "hist_gb_l1"],
+                          default=["extra_trees", "hist_gb"], help="models to fit (default: extra_trees and hist_gb):"
+                          " extra_trees (500 trees), hist_gb, hist_gb_l1 (absolute-error loss)")
     baseline.add_argument("--data-sources", type=Path, help="data-sources YAML (default: $MATTRANSFER_DATA_SOURCES)")
     baseline.add_argument("-o", "--output", type=Path, help="write one CSV row per (model, seed) here")
     baseline.set_defaults(handler=_baseline)

@@ -170,7 +170,7 @@ def run_matbench(task_name: str, options: Path | None, out: Path, *, baseline: s
     """Run the task's folds not yet finished under ``out``; write ``results.md`` and ``results.json`` of every
     fold finished there, and return those folds' results.
 
-    ``baseline``: a feature model of `training.baselines` (extra_trees, hist_gb) instead of the options'
+    ``baseline``: a feature model of `training.baselines` (extra_trees, hist_gb, hist_gb_l1) instead of the options'
     network; it takes no options file. ``overrides``: options the command line gives (device, threads), over
     the options file's.
     """
