@@ -70,6 +70,22 @@ def test_baseline_beats_a_constant_on_features_that_determine_the_target(model):
     assert scores["mae"] < 0.3 * constant and scores["n"] == 100
 
 
+def test_absolute_error_loss_ignores_a_few_extreme_targets():
+    """hist_gb_l1 fits the conditional median: 5 % of rows at 1000 barely move it; squared error follows them."""
+    rng = np.random.default_rng(0)
+    features = pd.DataFrame(rng.uniform(size=(400, 2)))
+    y = features[0].to_numpy().copy()
+    y[::20] = 1000.0
+    train, test = np.arange(300), np.arange(300, 400)
+    clean = np.ones(100, dtype=bool)
+    clean[np.arange(300, 400) % 20 == 0] = False
+    errors = {}
+    for model in ("hist_gb", "hist_gb_l1"):
+        predicted, _ = baselines.fit_predict(features, y, train, test, model, seed=0)
+        errors[model] = np.mean(np.abs(predicted[clean] - y[test][clean]))
+    assert errors["hist_gb_l1"] < 0.1 and 5 * errors["hist_gb_l1"] < errors["hist_gb"]
+
+
 def test_cli_writes_one_row_per_model_and_seed(tmp_path, capsys):
     out = tmp_path / "baselines.csv"
     assert main(["-q", "baseline", "--data", "demo_volume", "--n", "30", "--seeds", "0", "1",

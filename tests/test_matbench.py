@@ -3,6 +3,7 @@ official results file. Tiny models on the real matbench_phonons copy, fold 0 onl
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -130,8 +131,6 @@ def test_official_results_file_reads_back_with_the_packages_scores(tmp_path):
     """Predictions off by exactly 1 on every test id of every fold: the package must score MAE 1."""
     from matbench.bench import MatbenchBenchmark
 
-    from mattransfer.config import TrainConfig
-
     task = TASKS["matbench_phonons"]
     frame, table = load_task(task, task_file(task, DataSources(data_dir=SHARED_DATA)))
     y = dict(zip(table.ids, table.y))
@@ -139,7 +138,67 @@ def test_official_results_file_reads_back_with_the_packages_scores(tmp_path):
                           pd.DataFrame({"id": test, "y_pred": [y[i] + 1.0 for i in test]}))
                for fold, (_, test) in enumerate(fold_ids(task.name))]
     path = tmp_path / "results.json"
-    write_official(task.name, frame, results, path, TrainConfig.model_validate({"data": {"dataset": "phonons"}}))
+    write_official(task.name, frame, results, path, {"baseline": "extra_trees"})
     benchmark = MatbenchBenchmark.from_file(str(path))
     scores = benchmark.tasks_map[task.name].scores
     assert np.isclose(scores["mae"]["mean"], 1.0) and np.isclose(scores["mae"]["std"], 0.0)
+    assert benchmark.user_metadata["options"] == {"baseline": "extra_trees"}
+
+
+@pytest.fixture(scope="module")
+def tiny_phonons(tmp_path_factory) -> Path:
+    """A data-sources file whose matbench_phonons is the real file's first 40 rows (a partial copy)."""
+    tmp = tmp_path_factory.mktemp("tiny")
+    raw = json.loads(gzip.decompress((SHARED_DATA / "matbench_phonons.json.gz").read_bytes()))
+    raw = {**raw, "index": raw["index"][:40], "data": raw["data"][:40]}
+    (tmp / "data").mkdir()
+    (tmp / "data" / "matbench_phonons.json.gz").write_bytes(gzip.compress(json.dumps(raw).encode()))
+    sources = tmp / "sources.yaml"
+    sources.write_text(yaml.safe_dump({"data_dir": str(tmp / "data")}))
+    return sources
+
+
+def _baseline(sources: Path, out: Path, *folds: int, model: str = "extra_trees") -> int:
+    return main(["--threads", "1", "-q", "matbench", "matbench_phonons", "--baseline", model, "--data-sources",
+                 str(sources), "--out", str(out), "--folds", *map(str, folds)])
+
+
+def test_baseline_trains_on_all_the_folds_train_ids_and_tests_on_its_test_ids(tiny_phonons, tmp_path):
+    out = tmp_path / "out"
+    assert _baseline(tiny_phonons, out, 0, 3) == 0
+    present = set(json.loads(gzip.decompress((tiny_phonons.parent / "data" / "matbench_phonons.json.gz")
+                                             .read_bytes()))["index"])
+    for fold in (0, 3):
+        train, test = _package_folds("matbench_phonons")[fold]
+        split = Split.from_json(out / f"fold_{fold}" / "split.json")
+        assert sorted(split.train) == sorted(set(train) & present) and split.val == ()
+        result = FoldResult.read(fold, out / f"fold_{fold}")
+        assert sorted(result.predictions["id"]) == sorted(set(test) & present)
+        metrics = result.metrics
+        assert metrics["method"] == "extra_trees" and metrics["seed"] == fold and metrics["n_val"] == 0
+        assert metrics["n_features"] > 100 and metrics["epochs_run"] is None
+        errors = (result.predictions["y_pred"] - result.predictions["y_true"]).abs()
+        assert np.isclose(metrics["test"]["mae"], errors.mean())
+        assert result.predictions["y_pred"].nunique() > 1  # a fitted model, not a constant
+    markdown = (out / "results.md").read_text()
+    assert "partial: 40 of 1,265 rows" in markdown and "Baseline `extra_trees`" in markdown
+    assert "| 0 |" in markdown and "| – |" in markdown and "mean ± std (n = 2 folds)" in markdown
+    assert not (out / "results.json").exists()
+
+
+def test_baseline_rerun_keeps_finished_folds_and_reads_the_features_from_the_cache(tiny_phonons, tmp_path):
+    out = tmp_path / "out"
+    assert _baseline(tiny_phonons, out, 0, model="hist_gb") == 0
+    finished = os.stat(out / "fold_0" / "metrics.json").st_mtime_ns
+    assert _baseline(tiny_phonons, out, 0, 1, model="hist_gb") == 0
+    assert os.stat(out / "fold_0" / "metrics.json").st_mtime_ns == finished
+    assert FoldResult.read(1, out / "fold_1").metrics["features"]["cached"]
+    assert [fold["fold"] for fold in json.loads((out / "folds.json").read_text())] == [0, 1]
+
+
+def test_baseline_with_an_options_file_is_a_one_line_error(tmp_path, capsys):
+    options = _options(tmp_path)
+    assert main(["matbench", "matbench_phonons", "--baseline", "hist_gb", "--options", str(options),
+                 "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--baseline" in error and str(options) in error

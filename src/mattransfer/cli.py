@@ -169,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     matbench.add_argument("--options", type=Path, help="options YAML as for `train` (model, training, finetune …);"
                                                        " its data section may only hold val_fraction (default: the"
                                                        " default model and training)")
+    matbench.add_argument("--baseline", choices=["extra_trees", "hist_gb", "hist_gb_l1"],
+                          help="a feature baseline instead of a network (no options file): extra_trees (500 trees),"
+                               " hist_gb or hist_gb_l1 (absolute-error loss) on matminer features of the task's structures (cached), trained on"
+                               " all of each fold's train ids")
     matbench.add_argument("--out", type=Path, required=True, help="results directory (one run directory per fold)")
     matbench.add_argument("--folds", type=int, nargs="+", metavar="K", help="only these folds (0-4; default: all five)")
     matbench.add_argument("--data-sources", type=Path, help="data-sources YAML whose data_dir holds the task's file"
@@ -189,10 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--data", required=True, help="a dataset key (see `mattransfer datasets`)")
     baseline.add_argument("--n", required=True, type=_positive_int, help="labelled samples, as a fine-tune's n_samples")
     baseline.add_argument("--seeds", type=_non_negative_int, nargs="+", default=[0, 1, 2], help="subset seeds (default: 0 1 2)")
-    baseline.add_argument("--models", nargs="+", choices=["extra_trees", "hist_gb", "krr"], default=["extra_trees", "hist_gb"],
-                          help="models to fit (default: extra_trees hist_gb): extra_trees (500 trees), hist_gb, krr"
-                               " (RBF kernel ridge on --encoder's frozen embeddings, α and γ by 5-fold CV on the"
-                               " training rows)")
+    baseline.add_argument("--models", nargs="+", choices=["extra_trees", "hist_gb", "hist_gb_l1", "krr"],
+                          default=["extra_trees", "hist_gb"],
+                          help="models to fit (default: extra_trees hist_gb): extra_trees (500 trees), hist_gb,"
+                               " hist_gb_l1 (absolute-error loss), krr (RBF kernel ridge on --encoder's frozen"
+                               " embeddings, α and γ by 5-fold CV on the training rows)")
     baseline.add_argument("--encoder", metavar="CKPT|NAME", help="frozen encoder whose pooled embeddings krr reads: a"
                           " model.ckpt or a pre-trained name (cgcnn-mp:formation-energy, chgnet:0.3.0)")
     baseline.add_argument("--data-sources", type=Path, help="data-sources YAML (default: $MATTRANSFER_DATA_SOURCES)")
@@ -499,8 +504,8 @@ def _matbench(args: argparse.Namespace) -> None:
     from mattransfer.matbench import run_matbench
 
     overrides = {k: v for k, v in (("device", args.device), ("threads", args.threads)) if v is not None}
-    results = run_matbench(args.task, args.options, args.out, folds=args.folds, data_sources=args.data_sources,
-                           overrides=overrides, command="mattransfer " + shlex.join(args.argv),
+    results = run_matbench(args.task, args.options, args.out, baseline=args.baseline, folds=args.folds,
+                           data_sources=args.data_sources, overrides=overrides, command="mattransfer " + shlex.join(args.argv),
                            progress=not args.quiet)
     maes = ", ".join(f"fold {r.fold} {r.metrics['test']['mae']:.4g}" for r in results)
     print(f"{args.task}: test MAE {maes}; {args.out / 'results.md'}")

@@ -3,7 +3,9 @@
 The five folds are the matbench package's own (``matbench_v0.1_validation.json``, read through
 `MatbenchTask.validation`), never re-derived. Each fold trains one model through `training.run.run`
 (the one training path) on the fold's train ids, with a seeded ``data.val_fraction`` of them for early
-stopping, and tests it on the fold's test ids. A fold's run directory is finished when its
+stopping, and tests it on the fold's test ids; or, with ``--baseline``, fits a feature model of
+`training.baselines` on all the fold's train ids (`training.baselines.run_split`, the same run-directory
+files). Both go through one fold loop and one set of summaries. A fold's run directory is finished when its
 ``metrics.json`` exists (written last and atomically): a rerun keeps it and skips the fold.
 
 The tasks get their frame from us (`MatbenchTask.df`): the offline copies are indexed by matbench ids
@@ -18,7 +20,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -30,6 +32,9 @@ from mattransfer.data.splits import Split
 from mattransfer.data.table import PropertyTable
 from mattransfer.errors import ConfigError, DataError, read_yaml
 from mattransfer.fileio import atomic_path, write_atomic, write_json
+from mattransfer.featurizers import FEATURE_SETS, cached_features, features_path
+from mattransfer.training.baselines import MODELS as BASELINES
+from mattransfer.training.baselines import make_model, run_split
 
 log = logging.getLogger("mattransfer")
 
@@ -106,9 +111,9 @@ def load_task(task: MatbenchTask, path: Path | None) -> tuple[pd.DataFrame, Prop
 
 def fold_split(train_ids: list[str], test_ids: list[str], present: set[str], val_fraction: float, seed: int) -> Split:
     """The fold's train / val / test ids among the rows ``present``: val is a seeded ``val_fraction`` of the
-    fold's train ids, never of its test ids. A partial copy tests on the test ids it has."""
+    fold's train ids, never of its test ids (``val_fraction`` 0: none). A partial copy tests on the test ids it has."""
     train = [i for i in train_ids if i in present]
-    n_val = max(1, round(val_fraction * len(train)))
+    n_val = max(1, round(val_fraction * len(train))) if val_fraction > 0 else 0
     val_rows = set(np.random.default_rng(seed).choice(len(train), n_val, replace=False).tolist())
     return Split(
         train=tuple(i for k, i in enumerate(train) if k not in val_rows),
@@ -156,21 +161,29 @@ class FoldResult:
                    pd.read_csv(run_dir / "test_predictions.csv", dtype={"id": str}))
 
 
-def run_matbench(task_name: str, options: Path | None, out: Path, *, folds: list[int] | None = None,
-                 data_sources: Path | None = None, overrides: dict[str, Any] | None = None, command: str = "",
-                 progress: bool = True) -> list[FoldResult]:
+FitFold = Callable[[int, Split, Path], dict[str, Any]]  # (fold, split, run directory) -> the run's metrics
+
+
+def run_matbench(task_name: str, options: Path | None, out: Path, *, baseline: str | None = None,
+                 folds: list[int] | None = None, data_sources: Path | None = None,
+                 overrides: dict[str, Any] | None = None, command: str = "", progress: bool = True) -> list[FoldResult]:
     """Run the task's folds not yet finished under ``out``; write ``results.md`` and ``results.json`` of every
     fold finished there, and return those folds' results.
 
-    ``overrides``: options the command line gives (device, threads), over the options file's.
+    ``baseline``: a feature model of `training.baselines` (extra_trees, hist_gb, hist_gb_l1) instead of the options'
+    network; it takes no options file. ``overrides``: options the command line gives (device, threads), over
+    the options file's.
     """
-    from mattransfer.training.run import run
-
     task = task_of(task_name)
     folds = list(range(N_FOLDS)) if folds is None else folds
     bad = [k for k in folds if not 0 <= k < N_FOLDS]
     if bad:
         raise ConfigError(f"--folds: fold {bad[0]} does not exist; Matbench v0.1 has folds 0 to {N_FOLDS - 1}.")
+    if baseline is not None and options is not None:
+        raise ConfigError(f"{options}: --baseline {baseline} takes no options file (its model and features are"
+                          " training/baselines.py's); give the data with --data-sources.")
+    if baseline is not None and baseline not in BASELINES:
+        raise ConfigError(f"--baseline: unknown model {baseline!r}; known: {', '.join(BASELINES)}.")
     raw = {**read_options(options), **(overrides or {})}
     sources_path = data_sources or raw.get("data_sources")
     sources = DataSources.from_yaml(Path(sources_path)) if sources_path else DataSources.from_env()
@@ -178,6 +191,13 @@ def run_matbench(task_name: str, options: Path | None, out: Path, *, folds: list
     config = task_options(raw, options, task, path)  # checked before any data is read
     frame, table = load_task(task, path)
     out.mkdir(parents=True, exist_ok=True)
+    if baseline is None:
+        fit_fold, record = _network_folds(config, table, progress), config.resolved()
+        val_fraction = config.data.val_fraction
+    else:
+        fit_fold = _baseline_folds(baseline, config.seed, table, progress)
+        record = _baseline_record(baseline, config.seed)
+        val_fraction = 0.0  # trees need no early stopping: each fold trains on all its train ids
     present = set(table.ids)
     folds_ids = fold_ids(task.name)
     for position, fold in enumerate(folds, start=1):
@@ -187,13 +207,11 @@ def run_matbench(task_name: str, options: Path | None, out: Path, *, folds: list
             continue
         train_ids, test_ids = folds_ids[fold]
         # Each fold its own seed (validation draw and initialisation): the folds are independent runs.
-        split = fold_split(train_ids, test_ids, present, config.data.val_fraction, config.seed + fold)
+        split = fold_split(train_ids, test_ids, present, val_fraction, config.seed + fold)
         log.info("fold %d (%d/%d): %d train, %d val, %d test (%d test ids not in %s)", fold, position, len(folds),
                  len(split.train), len(split.val), len(split.test), len(test_ids) - len(split.test), table.source)
-        fold_config = config.model_copy(update={"output_dir": run_dir, "seed": config.seed + fold})
-        used = table.subset([*split.train, *split.val, *split.test])
         start = time.perf_counter()
-        metrics = run(fold_config, progress, prepared=(used, split))
+        metrics = fit_fold(fold, split, run_dir)
         log.info("fold %d (%d/%d) done in %.0f s: test MAE %.4g %s", fold, position, len(folds),
                  time.perf_counter() - start, metrics["test"]["mae"], table.unit)
     # The summaries cover every finished fold under ``out``, also those an earlier `--folds` ran.
@@ -203,12 +221,48 @@ def run_matbench(task_name: str, options: Path | None, out: Path, *, folds: list
     # The package reads back (and the leaderboard takes) a task with all five folds recorded only.
     official = complete and len(results) == N_FOLDS
     if official:
-        write_official(task.name, frame, results, out / "results.json", config)
+        write_official(task.name, frame, results, out / "results.json", record)
     write_atomic(out / "results.md", results_markdown(task, table, results, complete, official, command))
     write_json(out / "folds.json", [{"fold": r.fold, **r.metrics["test"], "wall_seconds": r.metrics["wall_seconds"],
                                      "n_train": r.metrics["n_train"], "n_val": r.metrics["n_val"],
                                      "n_test": r.metrics["n_test"]} for r in results])
     return results
+
+
+def _network_folds(config: TrainConfig, table: PropertyTable, progress: bool) -> FitFold:
+    """Each fold one `training.run.run` of the options (the one training path), seeded by the fold."""
+    from mattransfer.training.run import run
+
+    def fit_fold(fold: int, split: Split, run_dir: Path) -> dict[str, Any]:
+        fold_config = config.model_copy(update={"output_dir": run_dir, "seed": config.seed + fold})
+        return run(fold_config, progress, prepared=(table.subset([*split.train, *split.val, *split.test]), split))
+
+    return fit_fold
+
+
+def _baseline_folds(model: str, seed: int, table: PropertyTable, progress: bool) -> FitFold:
+    """Each fold one `training.baselines.run_split` of ``model``, seeded by the fold, on the features of all the
+    task's rows: made (or read from the cache) once, at the first fold that runs."""
+    made: dict[str, Any] = {}
+
+    def fit_fold(fold: int, split: Split, run_dir: Path) -> dict[str, Any]:
+        if not made:
+            cached = features_path(table.structures, FEATURE_SETS).exists()
+            start = time.perf_counter()
+            made["features"] = cached_features(table.structures, FEATURE_SETS, progress, table.name)
+            made["record"] = {"sets": list(FEATURE_SETS), "structures": len(table), "cached": cached,
+                              "seconds": time.perf_counter() - start}
+            log.info("features of %d structures: %d each, %.0f s (%s)", len(table), made["features"].shape[1],
+                     made["record"]["seconds"], "read from the cache" if cached else "computed, now cached")
+        return run_split(made["features"], table, split, model, seed + fold, run_dir, made["record"])
+
+    return fit_fold
+
+
+def _baseline_record(model: str, seed: int) -> dict[str, Any]:
+    """What the official results file records of a baseline's settings."""
+    return {"baseline": model, "seed": seed, "features": list(FEATURE_SETS),
+            "pipeline": [repr(step) for _, step in make_model(model, seed).steps]}
 
 
 def n_samples(task: str) -> int:
@@ -218,8 +272,10 @@ def n_samples(task: str) -> int:
     return int(mbv01_metadata[task].n_samples)
 
 
-def write_official(task: str, frame: pd.DataFrame, results: list[FoldResult], path: Path, config: TrainConfig) -> None:
-    """The matbench package's results file of the folds in ``results``, recorded and scored by the package."""
+def write_official(task: str, frame: pd.DataFrame, results: list[FoldResult], path: Path,
+                   options: dict[str, Any]) -> None:
+    """The matbench package's results file of the folds in ``results``, recorded and scored by the package;
+    ``options`` (the model's settings) go into its metadata."""
     from matbench.bench import MatbenchBenchmark
     from matbench.metadata import mbv01_metadata
 
@@ -232,12 +288,18 @@ def write_official(task: str, frame: pd.DataFrame, results: list[FoldResult], pa
     for result in results:
         test_ids = package_task.validation[package_task.folds_map[result.fold]].test
         predicted = result.predictions.set_index("id")["y_pred"]
-        package_task.record(result.fold, predicted.loc[list(test_ids)].to_numpy(),
-                            params={"epochs_run": int(result.metrics["epochs_run"]),
-                                    "best_epoch": int(result.metrics["best_epoch"])})
-    benchmark.add_metadata({"software": "mattransfer", "options": config.resolved()})
+        # A network's epochs; a baseline's feature count (it has no epochs).
+        params = {key: int(result.metrics[key]) for key in ("epochs_run", "best_epoch", "n_features")
+                  if result.metrics.get(key) is not None}
+        package_task.record(result.fold, predicted.loc[list(test_ids)].to_numpy(), params=params)
+    benchmark.add_metadata({"software": "mattransfer", "options": options})
     with atomic_path(path) as tmp:
         benchmark.to_file(str(tmp))
+
+
+def _epochs(metrics: dict[str, Any]) -> str:
+    """"epochs run (best epoch)" of a network; a baseline has none."""
+    return "–" if metrics.get("epochs_run") is None else f"{metrics['epochs_run']} ({metrics['best_epoch']})"
 
 
 def results_markdown(task: MatbenchTask, table: PropertyTable, results: list[FoldResult], complete: bool,
@@ -247,6 +309,13 @@ def results_markdown(task: MatbenchTask, table: PropertyTable, results: list[Fol
     lines = [f"# {task.name}", ""]
     if command:
         lines += ["```bash", command, "```", ""]
+    if results and results[0].metrics.get("features"):
+        made = results[0].metrics["features"]
+        lines += [f"Baseline `{results[0].metrics['method']}` (training/baselines.py, default settings) on"
+                  f" {results[0].metrics['n_features']} features ({', '.join(made['sets'])}), trained on all of each"
+                  f" fold's train ids. Features of the task's {made['structures']:,} structures: computed once"
+                  f" ({'read from the cache in' if made['cached'] else 'made in'} {made['seconds']:.0f} s, not in"
+                  " the folds' wall times).", ""]
     if not complete:
         lines += [f"**partial: {len(table):,} of {n_samples(task.name):,} rows, not leaderboard-comparable**", ""]
     lines += [f"| fold | n train | n val | n test | MAE ({unit}) | RMSE ({unit}) | R² | epochs (best) | wall s |",
@@ -254,7 +323,7 @@ def results_markdown(task: MatbenchTask, table: PropertyTable, results: list[Fol
     for r in results:
         m, test = r.metrics, r.metrics["test"]
         lines.append(f"| {r.fold} | {m['n_train']} | {m['n_val']} | {m['n_test']} | {test['mae']:.4g} |"
-                     f" {test['rmse']:.4g} | {test['r2']:.3f} | {m['epochs_run']} ({m['best_epoch']}) |"
+                     f" {test['rmse']:.4g} | {test['r2']:.3f} | {_epochs(m)} |"
                      f" {m['wall_seconds']:.0f} |")
     n = len(results)
     # Population std (numpy's default), as the matbench leaderboard reports its fold spread.

@@ -77,8 +77,9 @@ class Part1(_Section):
     universal: list[str] = Field(default_factory=list, description="pre-trained models by name, e.g. chgnet:0.3.0")
     universal_methods: Methods = Field(default_factory=lambda: ["heads"])
     baselines: list[str] = Field(
-        default_factory=lambda: list(BASELINE_MODELS),
-        description="feature baselines (no transfer) on every fine-tune subset, as reference rows; [] turns them off",
+        default_factory=lambda: ["extra_trees", "hist_gb"],
+        description=f"feature baselines (no transfer) on every fine-tune subset, as reference rows, of"
+                    f" {', '.join(BASELINE_MODELS)}; [] turns them off",
     )
 
     scores: list[str] = Field(

@@ -1,0 +1,49 @@
+"""Compare feature baselines on the Matbench folds' *validation* splits, never their test ids: on each
+fold, a seeded 10 % of its train ids (the split `mattransfer matbench` gives a network, seed = fold) is
+held out, the models of `training.baselines` fit on the rest and are scored there. Used to choose a
+baseline's settings without looking at the test folds.
+
+    python bench/matbench_validation.py matbench_dielectric --models hist_gb hist_gb_l1 \\
+        --data-sources configs/shared-data.yaml > docs/results/matbench/validation_dielectric.md
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from mattransfer.data.registry import DataSources
+from mattransfer.featurizers import cached_features
+from mattransfer.matbench import fold_ids, fold_split, load_task, task_file, task_of
+from mattransfer.training.baselines import MODELS, fit_and_score
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("task")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--data-sources", type=Path, required=True)
+    args = parser.parse_args()
+    task = task_of(args.task)
+    _, table = load_task(task, task_file(task, DataSources.from_yaml(args.data_sources)))
+    features = cached_features(table.structures, progress=False, name=table.name)  # as `matbench --baseline`
+    position = {row_id: k for k, row_id in enumerate(table.ids)}
+    maes: dict[str, list[float]] = {model: [] for model in args.models}
+    print(f"# {task.name}: validation MAE ({table.unit}) of feature baselines, test ids unused\n")
+    print("| fold | n fit | n val | " + " | ".join(args.models) + " |")
+    print("|---|---|---|" + "---|" * len(args.models))
+    for fold, (train_ids, test_ids) in enumerate(fold_ids(task.name)):
+        split = fold_split(train_ids, test_ids, set(table.ids), 0.1, fold)
+        fit_rows = np.array([position[i] for i in split.train])
+        val_rows = np.array([position[i] for i in split.val])
+        for model in args.models:
+            maes[model].append(fit_and_score(features, table.y, fit_rows, val_rows, model, fold)["mae"])
+        print(f"| {fold} | {len(fit_rows)} | {len(val_rows)} | "
+              + " | ".join(f"{maes[m][-1]:.4g}" for m in args.models) + " |", flush=True)
+    print("| mean ± std | | | " + " | ".join(f"{np.mean(v):.4g} ± {np.std(v):.2g}" for v in maes.values()) + " |")
+
+
+if __name__ == "__main__":
+    main()
