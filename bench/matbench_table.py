@@ -29,8 +29,9 @@ def model_name(run_dir: Path) -> str:
     finetune = config.get("finetune")
     if finetune:
         return f"{finetune['read_from']} `{finetune['method']}`"
-    encoder = config["model"]["encoder"]
-    return f"{encoder['name'].upper()} {encoder['n_layers']}×{encoder['hidden']} (scratch)"
+    encoder = dict(config["model"]["encoder"])
+    name = encoder.pop("name")
+    return f"{name} (scratch; {', '.join(f'{k} {v}' for k, v in encoder.items() if not isinstance(v, (list, dict)))})"
 
 
 def row(results: Path) -> tuple[str, str, str]:
