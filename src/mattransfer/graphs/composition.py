@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -21,8 +20,7 @@ from torch import Tensor
 
 from mattransfer.data.table import PropertyTable
 from mattransfer.errors import DataError
-from mattransfer.fileio import atomic_path
-from mattransfer.graphs.inputs import positions_of
+from mattransfer.graphs.store import StoreFile
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +45,11 @@ class CompositionBatch:
 
 
 @dataclass
-class CompositionStore:
+class CompositionStore(StoreFile):
     """Element fractions of ``ids``, one dense row each."""
 
     ids: list[str]
     x: Tensor  # (N, N_ELEMENTS) float32
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def positions(self, ids: Sequence[str]) -> Tensor:
-        return positions_of(self.ids, ids)
 
     def subset(self, index: Tensor) -> CompositionStore:
         return CompositionStore([self.ids[k] for k in index.tolist()], self.x[index])
@@ -73,14 +65,6 @@ class CompositionStore:
         for row, z in zip(rows.tolist(), (columns + 1).tolist()):
             out[row].add(z)
         return out
-
-    def save(self, path: Path) -> None:
-        with atomic_path(path) as tmp:  # a killed build never leaves a half-written cache
-            torch.save({f.name: getattr(self, f.name) for f in fields(self)}, tmp)
-
-    @classmethod
-    def load(cls, path: Path) -> CompositionStore:
-        return cls(**torch.load(path, weights_only=True))
 
 
 def element_fractions(table: PropertyTable) -> CompositionStore:

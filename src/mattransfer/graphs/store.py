@@ -43,17 +43,11 @@ def concat_ranges(starts: Tensor, lengths: Tensor) -> Tensor:
     return torch.arange(total) + torch.repeat_interleave(starts - offsets, lengths, output_size=total)
 
 
-class PackedStore:
-    """What stores share that pack every structure's rows into a few tensors, with pointer arrays
-    (`parts`) saying which rows are whose: ids, positions, elements, and saving to and loading from the cache."""
+class StoreFile:
+    """What every input store dataclass shares: its ids, positions by id, and saving to and loading from the
+    cache (its fields, tensors and ids only: loaded with ``weights_only``)."""
 
     ids: list[str]
-    z: Tensor  # (N,) atomic numbers
-    atom_ptr: Tensor  # (G + 1,) into z
-
-    def parts(self) -> dict[str, Tensor]:
-        """Each row kind's pointer array: structure k's atoms are rows atom_ptr[k]..atom_ptr[k + 1] - 1."""
-        raise NotImplementedError
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -62,17 +56,29 @@ class PackedStore:
         """Row positions of ``ids``; unknown ids are a KeyError naming them."""
         return positions_of(self.ids, ids)
 
-    def elements(self) -> list[set[int]]:
-        """The atomic numbers of each structure."""
-        return [set(part.tolist()) for part in torch.split(self.z, (self.atom_ptr[1:] - self.atom_ptr[:-1]).tolist())]
-
     def save(self, path: Path) -> None:
         with atomic_path(path) as tmp:  # a killed build never leaves a half-written cache
             torch.save({f.name: getattr(self, f.name) for f in fields(self)}, tmp)
 
     @classmethod
-    def load(cls, path: Path) -> PackedStore:
+    def load(cls, path: Path) -> StoreFile:
         return cls(**torch.load(path, weights_only=True))
+
+
+class PackedStore(StoreFile):
+    """A store that packs every structure's rows into a few tensors, with pointer arrays (`parts`) saying
+    which rows are whose."""
+
+    z: Tensor  # (N,) atomic numbers
+    atom_ptr: Tensor  # (G + 1,) into z
+
+    def parts(self) -> dict[str, Tensor]:
+        """Each row kind's pointer array: structure k's atoms are rows atom_ptr[k]..atom_ptr[k + 1] - 1."""
+        raise NotImplementedError
+
+    def elements(self) -> list[set[int]]:
+        """The atomic numbers of each structure."""
+        return [set(part.tolist()) for part in torch.split(self.z, (self.atom_ptr[1:] - self.atom_ptr[:-1]).tolist())]
 
 
 @dataclass

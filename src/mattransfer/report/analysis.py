@@ -164,17 +164,22 @@ def negative_cells(cells: pd.DataFrame) -> pd.DataFrame:
     return negative.sort_values(["gain_mean", *PAIR, "method", "finetune_size"]).reset_index(drop=True)
 
 
+def spearman(a: pd.Series, b: pd.Series) -> tuple[float, float]:
+    """Spearman's ρ and its p-value; NaN for fewer than 3 pairs or a constant input."""
+    if len(a) < 3:
+        return float("nan"), float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        result = stats.spearmanr(a, b)
+    return float(result.statistic), float(result.pvalue)
+
+
 def relatedness_test(cells: pd.DataFrame, relatedness: pd.DataFrame) -> pd.DataFrame:
     """Per method: Spearman rank correlation of pair gain (mean over sizes) with property relatedness."""
     joined = pair_gains(cells).merge(relatedness[[*PAIR, "relatedness"]], on=PAIR).dropna(subset=["relatedness"])
     rows = []
     for method, group in joined.groupby("method"):
-        rho = p_value = float("nan")
-        if len(group) >= 3:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", stats.ConstantInputWarning)
-                result = stats.spearmanr(group["gain_mean"], group["relatedness"])
-            rho, p_value = float(result.statistic), float(result.pvalue)
+        rho, p_value = spearman(group["gain_mean"], group["relatedness"])
         rows.append({"method": method, "n_pairs": len(group), "spearman_rho": rho, "p_value": p_value})
     return pd.DataFrame(rows, columns=["method", "n_pairs", "spearman_rho", "p_value"])
 

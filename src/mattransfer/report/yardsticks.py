@@ -8,12 +8,10 @@ on the same fixed test sets as the transfer runs of their (target, size, seed).
 
 from __future__ import annotations
 
-import warnings
 
 import pandas as pd
-from scipy import stats
 
-from mattransfer.report.analysis import SCRATCH, mae_stats, paired_p_value
+from mattransfer.report.analysis import SCRATCH, mae_stats, paired_p_value, spearman
 
 CELL = ["target", "finetune_size"]
 
@@ -77,12 +75,7 @@ def score_gain_correlation(cells: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (score, method), group in ranked.groupby(["score", "method"]):
         for target, part in [*group.groupby("target"), ("all", group)]:
-            rho = p_value = float("nan")
-            if len(part) >= 3:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", stats.ConstantInputWarning)
-                    result = stats.spearmanr(part["value_centred"], part["gain_centred"])
-                rho, p_value = float(result.statistic), float(result.pvalue)
+            rho, p_value = spearman(part["value_centred"], part["gain_centred"])
             rows.append({"score": score, "method": method, "target": target, "n_cells": len(part),
                          "spearman_rho": rho, "p_value": p_value})
     return pd.DataFrame(rows, columns=["score", "method", "target", "n_cells", "spearman_rho", "p_value"])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Sequence
 
 import yaml
 from pydantic import (
@@ -61,6 +61,13 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+
+def _distinct_of(names: list[str], known: Sequence[str], what: str) -> list[str]:
+    """``names`` when each is one of ``known`` and none repeats; else a ValueError saying what is allowed."""
+    if any(n not in known for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"give distinct {what} of {list(known)} (got {names})")
+    return names
+
 class Part1(_Section):
     """Every dataset pre-trained, then fine-tuned on every other one; scratch on the same subsets.
 
@@ -91,18 +98,12 @@ class Part1(_Section):
     @field_validator("baselines")
     @classmethod
     def _known_baselines(cls, names: list[str]) -> list[str]:
-        unknown = [n for n in names if n not in BASELINE_MODELS]
-        if unknown or len(set(names)) != len(names):
-            raise ValueError(f"give distinct baseline models of {list(BASELINE_MODELS)} (got {names})")
-        return names
+        return _distinct_of(names, BASELINE_MODELS, "baseline models")
 
     @field_validator("scores")
     @classmethod
     def _known_scores(cls, names: list[str]) -> list[str]:
-        unknown = [n for n in names if n not in TRANSFER_SCORES]
-        if unknown or len(set(names)) != len(names):
-            raise ValueError(f"give distinct scores of {list(TRANSFER_SCORES)} (got {names})")
-        return names
+        return _distinct_of(names, TRANSFER_SCORES, "scores")
 
     @field_validator("universal")
     @classmethod
