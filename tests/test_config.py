@@ -193,7 +193,7 @@ def test_shipped_options_and_study_files_are_valid(monkeypatch):
     monkeypatch.chdir(root)  # paths in the files are relative to the repository root
     files = sorted((root / "configs").glob("*.yaml"))
     studies = [f for f in files if f.name.startswith("study-")]
-    assert len(studies) == 3
+    assert len(studies) == 5
     for path in studies:
         assert load_spec(path).seeds == [0]
     assert load_config(root / "configs" / "finetune_phonons.yaml").finetune.method == "heads"
