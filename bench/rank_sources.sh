@@ -8,16 +8,23 @@
 cd "$(dirname "$0")/.."
 export COLUMNS=200 PYTHONPATH="$PWD/src" OMP_NUM_THREADS=1
 out=bench/results/rank_sources.txt
+
+# two_passes TARGETS OPTIONS: `rank-sources --target T OPTIONS` for each target, timed, twice (the second
+# pass reads the caches the first one filled).
+two_passes() {
+  for pass in "pass 1" "pass 2 (same command again)"; do
+    for t in $1; do
+      cmd="mattransfer --threads 1 rank-sources --target $t $2"
+      echo; echo "## $t, $pass"; echo "\$ $cmd"
+      /usr/bin/time -f "wall %e s, max RSS %M kB" ${PYTHON:-.venv/bin/python} -m mattransfer.cli ${cmd#mattransfer } 2>&1 | grep -v "^INFO *\(train\|data\|reading\)"
+    done
+  done
+}
 if [ "$1" = pretrained ]; then
 {
 echo; echo "# mattransfer rank-sources with packages' pre-trained models: 3 targets x 4 sources, n 100, seed 0, --score logme krr_cv"
 echo "# date: $(date -u +%FT%TZ); host: 2-core CPU shared by 5 sessions; 1 torch thread"
-for pass in "pass 1" "pass 2 (same command again)"; do
-for t in phonons dielectric gvrh; do
-  cmd="mattransfer --threads 1 rank-sources --target $t --n 100 --data-sources configs/shared-data.yaml --score logme krr_cv --sources cgcnn-mp:formation-energy cgcnn-mp:band-gap cgcnn-mp:shear-moduli chgnet:0.3.0"
-  echo; echo "## $t, $pass"; echo "\$ $cmd"
-  /usr/bin/time -f "wall %e s, max RSS %M kB" ${PYTHON:-.venv/bin/python} -m mattransfer.cli ${cmd#mattransfer } 2>&1 | grep -v "^INFO *\(train\|data\|reading\)"
-done; done
+two_passes "phonons dielectric gvrh" "--n 100 --data-sources configs/shared-data.yaml --score logme krr_cv --sources cgcnn-mp:formation-energy cgcnn-mp:band-gap cgcnn-mp:shear-moduli chgnet:0.3.0"
 } >> $out 2>&1
 exit
 fi
@@ -34,10 +41,5 @@ echo "# mattransfer rank-sources on the shared data: 3 targets x 3 sources, n 80
 echo "# date: $(date -u +%FT%TZ); host: 2-core CPU shared with another developer; 1 torch thread"
 echo "# sources: runs/src_{eform,bandgap,gvrh}/model.ckpt from mattransfer --threads 1 train runs/src_KEY.yaml"
 echo "#   (configs/pretrain_eform.yaml with dataset KEY, n_samples 941, max_epochs 30, output_dir runs/src_KEY)"
-for pass in "pass 1" "pass 2 (same command again)"; do
-for t in phonons dielectric expt_gap; do
-  cmd="mattransfer --threads 1 rank-sources --target $t --n 800 --data-sources configs/shared-data.yaml --sources runs/src_eform/model.ckpt runs/src_bandgap/model.ckpt runs/src_gvrh/model.ckpt"
-  echo; echo "## $t, $pass"; echo "\$ $cmd"
-  /usr/bin/time -f "wall %e s, max RSS %M kB" ${PYTHON:-.venv/bin/python} -m mattransfer.cli ${cmd#mattransfer } 2>&1 | grep -v "^INFO *\(train\|data\|reading\)"
-done; done
+two_passes "phonons dielectric expt_gap" "--n 800 --data-sources configs/shared-data.yaml --sources runs/src_eform/model.ckpt runs/src_bandgap/model.ckpt runs/src_gvrh/model.ckpt"
 } > $out 2>&1
