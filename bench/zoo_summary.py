@@ -4,7 +4,8 @@ One row per (encoder, method, pooling, head, target, n): test MAE mean ± std (s
 number of seeds, n_test and the median wall seconds of one run. A cell of one seed is marked "one run".
 ``--wide``: one row per model, one column per (target, n). CSVs of bench/recipe.py (in-house CGCNN
 trained from scratch with a named recipe) join as encoder ``cgcnn (<recipe>)``, method ``scratch``; CSVs of
-``mattransfer baseline`` (feature models, no transfer) as ``features (<model>)``, method ``baseline``.
+``mattransfer baseline`` (feature models, no transfer) as ``features (<model>)``, kernel ridge on a frozen
+encoder as ``<encoder> (krr)``, method ``baseline``.
 
     python bench/zoo_summary.py docs/results/model-zoo/runs_chgnet.csv
     python bench/zoo_summary.py --wide bench/results/recipe_runs.csv docs/results/model-zoo/runs_*.csv
@@ -57,7 +58,9 @@ def read(path: Path) -> pd.DataFrame:
     if "recipe" in frame:  # bench/recipe.py: in-house CGCNN from scratch
         frame = frame.assign(encoder="cgcnn (" + frame["recipe"] + ")", method="scratch", pooling="mean")
     if "n_features" in frame:  # mattransfer baseline: a feature model, no transfer
-        frame = frame.assign(target=frame["dataset"], encoder="features (" + frame["model"] + ")", method="baseline",
+        # kernel ridge reads a frozen encoder's embeddings (column ``features``: its name), trees matminer features
+        inputs = frame["features"] if "features" in frame else "features"
+        frame = frame.assign(target=frame["dataset"], encoder=inputs + " (" + frame["model"] + ")", method="baseline",
                              pooling="-", head="-", test_mae=frame["mae"], wall_s=frame["fit_s"])
     frame["head"] = frame["head"].fillna("plain") if "head" in frame else "plain"  # rows from before the column
     return frame[["target", "n", "seed", "encoder", "method", "pooling", "head", "test_mae", "n_test", "unit",
