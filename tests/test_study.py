@@ -376,6 +376,31 @@ def test_baselines_can_be_turned_off(tmp_path):
         load_spec(path)
 
 
+def test_part1_sources_choose_what_is_pre_trained(tmp_path):
+    paper = load_spec("paper")
+    one = paper.model_copy(update={"part1": paper.part1.model_copy(update={"sources": ["eform"]}),
+                                   "part2": paper.part2.model_copy(update={"sources": ["eform"]})})
+    tasks = planner(one).plan().in_part(1)
+    assert {t.dataset for t in tasks if t.kind == "pretrain"} == {"eform"}
+    transfers = [t for t in tasks if t.kind == "finetune" and t.method != "scratch"]
+    assert {t.source for t in transfers} == {"eform"} and len(transfers) == 3 * 6 * 5 * 2
+    # every dataset is still a target: its scratch and baseline rows stay
+    assert {t.dataset for t in tasks if t.method == "scratch"} == set(paper.datasets)
+    assert len([t for t in tasks if t.kind == "baseline"]) == 3 * 7 * 5 * 2
+
+    none = one.model_copy(update={"part1": one.part1.model_copy(update={"sources": []}),
+                                  "part2": one.part2.model_copy(update={"enabled": False})})
+    assert {t.kind for t in planner(none).plan().in_part(1)} == {"finetune", "baseline"}
+    assert all(t.source is None for t in planner(none).plan().in_part(1))
+
+    path = tmp_path / "study.yaml"
+    for part1, message in [({"sources": ["nosuch"]}, "part1.sources"),
+                           ({"sources": ["demo_volume"]}, "part2.sources .*demo_energy.* not Part 1 sources")]:
+        path.write_text(json.dumps({**TINY, "part1": part1, "part2": {"sources": ["demo_energy"]}}))
+        with pytest.raises(ConfigError, match=message):
+            load_spec(path)
+
+
 def test_resume_runs_only_what_is_missing(tiny_study, tmp_path):
     root = copy_of(tiny_study, tmp_path)
     table = results(root).drop_duplicates("task_hash")

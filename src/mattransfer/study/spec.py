@@ -71,6 +71,9 @@ def _distinct_of(names: list[str], known: Sequence[str], what: str) -> list[str]
 class Part1(_Section):
     """Every dataset pre-trained, then fine-tuned on every other one; scratch on the same subsets.
 
+    ``sources``: the datasets pre-trained (default: all); every dataset stays a target. ``[]`` leaves the
+    universal models and the baselines as Part 1's only rows beside scratch (no pre-training at all).
+
     ``baselines``: scikit-learn models on matminer features (`training.baselines`), fitted on the same
     subsets (train + val ids) and scored on the same test sets: the non-transfer yardsticks.
     ``scores``: transferability scores of every transfer cell (`study.transferability`), after the tasks.
@@ -80,6 +83,7 @@ class Part1(_Section):
     """
 
     enabled: bool = True
+    sources: list[str] | None = Field(None, description="datasets pre-trained as sources (default: every dataset)")
     methods: Methods = Field(default_factory=lambda: ["heads", "full"])
     universal: list[str] = Field(default_factory=list, description="pre-trained models by name, e.g. chgnet:0.3.0")
     universal_methods: Methods = Field(default_factory=lambda: ["heads"])
@@ -195,6 +199,11 @@ class StudySpec(_Section):
     part3: Part3 = Field(default_factory=Part3)
     part4: Part4 = Field(default_factory=Part4)
 
+    @property
+    def part1_sources(self) -> list[str]:
+        """The datasets Part 1 pre-trains."""
+        return self.datasets if self.part1.sources is None else self.part1.sources
+
     @field_validator("datasets")
     @classmethod
     def _known_datasets(cls, datasets: list[str]) -> list[str]:
@@ -215,6 +224,7 @@ class StudySpec(_Section):
     @model_validator(mode="after")
     def _parts_use_study_datasets(self) -> StudySpec:
         named = {
+            "part1.sources": self.part1.sources or [],
             "part2.sources": self.part2.sources if self.part2.enabled else [],
             "part3.pairs": [key for pair in self.part3.pairs for key in pair] if self.part3.enabled else [],
             "part4.source/target": [self.part4.source, self.part4.target] if self.part4.enabled else [],
@@ -230,6 +240,10 @@ class StudySpec(_Section):
         if self.part2.enabled:
             if not self.part1.enabled:
                 raise ValueError("part2 picks its targets from Part 1's results: enable part1 too")
+            outside = sorted(set(self.part2.sources) - set(self.part1_sources))
+            if outside:
+                raise ValueError(f"part2.sources {outside} are not Part 1 sources (part1.sources): Part 2 picks their"
+                                 " targets from their Part 1 gains")
             if self.part2.method not in self.part1.methods:
                 raise ValueError(
                     f"part2.method {self.part2.method!r} must be one of part1.methods {list(self.part1.methods)}"

@@ -214,19 +214,19 @@ class Planner:
     def part1(self, plan: Plan) -> None:
         spec = self.spec
         for seed in spec.seeds:
-            for source in spec.datasets:
+            for source in spec.part1_sources:
                 pretrain = plan.add(self.pretrain(source, spec.pretrain_cap, seed), 1)
                 for target in spec.datasets:
                     if target != source:
                         self._transfer(plan, 1, pretrain, target, spec.finetune_sizes, spec.part1.methods, seed)
-            for target in spec.datasets:
+            for target in spec.datasets:  # the references of every target, whichever sources it has
                 for size in spec.finetune_sizes:
+                    plan.add(self.scratch(target, size, seed), 1)
                     for model in spec.part1.baselines:
                         plan.add(self.baseline(target, size, seed, model), 1)
             for name in spec.part1.universal:
                 for target in spec.datasets:
                     for size in spec.finetune_sizes:
-                        plan.add(self.scratch(target, size, seed), 1)
                         for method, options in spec.part1.universal_methods.items():
                             plan.add(self.universal(name, target, size, seed, method, options), 1)
 
