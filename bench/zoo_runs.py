@@ -52,7 +52,8 @@ def run_one(args: argparse.Namespace, pooling: str, target: str, n: int, seed: i
     options = {
         "seed": seed, "device": "cpu", "threads": args.threads, "output_dir": str(run_dir),
         "data_sources": str(args.data_sources.resolve()), "data": {"dataset": target, "n_samples": n},
-        "finetune": {"method": args.method, "read_from": args.source, "config": json.loads(args.config)},
+        "finetune": {"method": args.method, "read_from": args.source, "config": json.loads(args.config),
+                     "allow_test_overlap": args.allow_test_overlap},
         "training": json.loads(args.training),
     }
     if args.pooling:
@@ -79,6 +80,9 @@ def main() -> None:
     parser.add_argument("--method", required=True, help="fine-tune method: heads, freeze, lora, full")
     parser.add_argument("--config", default="{}", help="the method's options as JSON, e.g. '{\"lr_head\": 0.003}'")
     parser.add_argument("--training", default="{}", help="training options as JSON, e.g. '{\"max_epochs\": 30}'")
+    parser.add_argument("--allow-test-overlap", action="store_true",
+                        help="accept a source that trained on some of the target's test structures (the count is"
+                             " recorded in each run's metrics.json), as the study does")
     parser.add_argument("--pooling", help="the encoder's pooling (default: the encoder's own)")
     parser.add_argument("--targets", nargs="+", required=True)
     parser.add_argument("--sizes", nargs="+", type=int, required=True)
