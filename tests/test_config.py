@@ -193,9 +193,9 @@ def test_shipped_options_and_study_files_are_valid(monkeypatch):
     monkeypatch.chdir(root)  # paths in the files are relative to the repository root
     files = sorted((root / "configs").glob("*.yaml"))
     studies = [f for f in files if f.name.startswith("study-")]
-    assert len(studies) == 5
-    for path in studies:
-        assert load_spec(path).seeds == [0]
+    assert len(studies) == 6
+    seeds = {path.stem: load_spec(path).seeds for path in studies}
+    assert seeds.pop("study-yardsticks") == [0, 1, 2] and set(map(tuple, seeds.values())) == {(0,)}
     assert load_config(root / "configs" / "finetune_phonons.yaml").finetune.method == "heads"
     assert load_config(root / "configs" / "pretrain_eform.yaml").finetune is None
     assert DataSources.from_yaml(root / "configs" / "shared-data.yaml").spec("eform").target == "formation_energy_per_atom"
