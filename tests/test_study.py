@@ -546,11 +546,18 @@ BEFORE_NEW_OPTIONS = {
 
 
 def test_tasks_of_studies_run_before_new_options_keep_their_hashes():
-    """Options added since (head.input_norm, schedules, target transforms) at their defaults leave a task's
-    hash as it was: a study run before them resumes with its finished results. Hashes from commit 716916f."""
-    tiny = spec(part1={"methods": ["heads", "full"]},
-                part3={"pairs": [["demo_energy", "demo_volume"]], "methods": ["full", "heads"], "finetune_sizes": [12]})
-    data = {k: PreparedData(k, "y", "u", f"fp-{k}", 300, 270, Path("/nowhere"), RadiusGraph(tiny.graphs))
-            for k in tiny.datasets}
-    hashes = {t.describe(): t.hash for t in Planner(tiny, data).plan()}
-    assert {k: hashes[k] for k in BEFORE_NEW_OPTIONS} == BEFORE_NEW_OPTIONS
+    """Options added since (head.input_norm, schedules, target transforms, clipping) at the values that compute
+    what was computed before them leave a task's hash as it was: a study run before them resumes with its
+    finished results. Clipping to the training range is on by default, a new computation: new hashes.
+    Hashes from commit 716916f."""
+    def hashes(training: dict) -> dict[str, str]:
+        tiny = spec(part1={"methods": ["heads", "full"]}, pretrain={**TINY_TRAINING, **training},
+                    finetune={**TINY_TRAINING, **training},
+                    part3={"pairs": [["demo_energy", "demo_volume"]], "methods": ["full", "heads"], "finetune_sizes": [12]})
+        data = {k: PreparedData(k, "y", "u", f"fp-{k}", 300, 270, Path("/nowhere"), RadiusGraph(tiny.graphs))
+                for k in tiny.datasets}
+        planned = {t.describe(): t.hash for t in Planner(tiny, data).plan()}
+        return {k: planned[k] for k in BEFORE_NEW_OPTIONS}
+
+    assert hashes({"clip_to_train_range": False}) == BEFORE_NEW_OPTIONS
+    assert not set(hashes({}).values()) & set(BEFORE_NEW_OPTIONS.values())

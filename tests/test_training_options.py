@@ -133,3 +133,36 @@ def test_log_transform_of_non_positive_targets_is_a_one_line_error(make_config):
     with pytest.raises(ConfigError, match="target_transform log needs strictly positive targets; demo_energy has") as error:
         run(config, progress=False)
     assert "\n" not in str(error.value)
+
+
+def test_predictions_are_clipped_to_the_training_targets_range(volume_data, volume_split, graph_settings, tmp_path):
+    """The default clips every prediction, and so the test metrics, to [min, max] of the training split's
+    targets; the checkpoint keeps the bounds; ``clip=False`` gives the head's own value; off clips nothing."""
+    torch.manual_seed(0)
+    model = TransferModel(ModelConfig(**MODEL), graph_settings)
+    options = TrainingOptions(lr=5e-3, max_epochs=3, patience=3, batch_size=16)
+    assert options.clip_to_train_range
+    _, metrics = train_and_test(model, volume_data, volume_split, options,
+                                [{"params": model.parameters(), "lr": options.lr}], seed=0, device=CPU,
+                                progress=False)
+    y = volume_data.targets()
+    low, high = model.target["clip"]
+    train = volume_data.inputs.positions(volume_split.train)
+    assert (low, high) == (float(y[train].min()), float(y[train].max()))
+
+    model.eval()
+    # a latent far out: the head's value leaves the range, the prediction stops at its edge
+    latent = torch.randn(8, model.encoder.out_dim) * 1e3
+    raw, clipped = model.predict_latent(latent, clip=False), model.predict_latent(latent)
+    assert ((raw < low) | (raw > high)).any()
+    assert torch.equal(clipped, raw.clamp(low, high))
+
+    model.save(tmp_path / "clip.ckpt")
+    loaded = TransferModel.load(tmp_path / "clip.ckpt").eval()
+    assert loaded.target["clip"] == [low, high] and torch.equal(loaded.predict_latent(latent), clipped)
+    test = volume_data.inputs.positions(volume_split.test)
+    errors = loaded.predict(volume_data.inputs.batch(test)) - y[test]
+    assert metrics["test"]["mae"] == pytest.approx(float(errors.abs().mean()), rel=1e-6)
+
+    model.set_target("d", "v", "", y[train], clip=False)
+    assert model.target["clip"] is None and torch.equal(model.predict_latent(latent), model.predict_latent(latent, clip=False))

@@ -56,8 +56,9 @@ class TransferModel(nn.Module):
         self.head = MLPHead(self.encoder.out_dim, config.head)
         self.register_buffer("target_mean", torch.zeros((), dtype=torch.float64))
         self.register_buffer("target_std", torch.ones((), dtype=torch.float64))
-        # ``transform``: what the head learns, standardised: the target ("none") or its log ("log")
-        self.target: dict[str, str] = {"name": "", "unit": "", "dataset": "", "transform": "none"}
+        # ``transform``: what the head learns, standardised: the target ("none") or its log ("log");
+        # ``clip``: [min, max] of the training targets that predictions are clipped to, or None
+        self.target: dict[str, Any] = {"name": "", "unit": "", "dataset": "", "transform": "none", "clip": None}
         self.frozen: list[str] = []
         self.lora: dict[str, float] | None = None
         self.domain: Domain | None = None  # of the data the model was last trained on (models/domain.py)
@@ -74,18 +75,22 @@ class TransferModel(nn.Module):
         return self.predict_latent(self.encoder(batch))
 
     @torch.no_grad()
-    def predict_latent(self, latent: Tensor) -> Tensor:
-        """The head's predictions from latent vectors, in the target's physical unit (float64)."""
-        return self.unstandardise(self.head(latent).double())
+    def predict_latent(self, latent: Tensor, clip: bool = True) -> Tensor:
+        """The head's predictions from latent vectors, in the target's physical unit (float64);
+        ``clip=False``: the head's own value where the model clips (`unstandardise`)."""
+        return self.unstandardise(self.head(latent).double(), clip)
 
     def standardise(self, y: Tensor) -> Tensor:
         """Targets in the physical unit as the head learns them: transformed, then standardised (float32)."""
         return ((self._transformed(y) - self.target_mean) / self.target_std).float()
 
-    def unstandardise(self, values: Tensor) -> Tensor:
-        """The inverse of `standardise`: standardised values back in the target's physical unit (float64)."""
+    def unstandardise(self, values: Tensor, clip: bool = True) -> Tensor:
+        """The inverse of `standardise`: standardised values back in the target's physical unit (float64),
+        clipped to the training targets' range when the model was trained to (``training.clip_to_train_range``)."""
         values = values.double() * self.target_std + self.target_mean
-        return values.exp() if self.target.get("transform") == "log" else values
+        values = values.exp() if self.target.get("transform") == "log" else values
+        bounds = self.target.get("clip") if clip else None
+        return values.clamp(*bounds) if bounds else values
 
     def _transformed(self, y: Tensor) -> Tensor:
         if self.target.get("transform") != "log":
@@ -108,14 +113,17 @@ class TransferModel(nn.Module):
         latent = [self.encoder(store.batch(chunk).to(device), pooling=pooling) for chunk in chunks]
         return torch.cat(latent) if latent else torch.zeros(0, self.encoder.out_dim, device=device)
 
-    def set_target(self, dataset: str, name: str, unit: str, y_train: Tensor, transform: str = "none") -> None:
+    def set_target(self, dataset: str, name: str, unit: str, y_train: Tensor, transform: str = "none",
+                   clip: bool = False) -> None:
         """Standardise with the mean and std of the training split's ``transform``-ed targets (std of
         one sample is taken as 1). ``log`` of a target not strictly positive is a `ConfigError`.
+        ``clip``: predictions are clipped to the training targets' [min, max] from now on.
 
         A new target means new training data: the old training domain no longer applies.
         """
         self.domain = None
-        self.target = {"dataset": dataset, "name": name, "unit": unit, "transform": transform}
+        self.target = {"dataset": dataset, "name": name, "unit": unit, "transform": transform,
+                       "clip": [float(y_train.min()), float(y_train.max())] if clip and len(y_train) else None}
         y_train = self._transformed(y_train)
         self.target_mean.fill_(float(y_train.mean()))
         std = float(y_train.std()) if len(y_train) > 1 else 1.0
@@ -189,7 +197,8 @@ class TransferModel(nn.Module):
             lines = [line.strip() for line in str(exc).strip().splitlines()]
             reason = next((line for line in lines[1:] if line), lines[0])  # the first mismatch, not the preamble
             raise ConfigError(f"{path}: its weights do not fit the architecture it records ({reason}).") from exc
-        model.target = {"transform": "none", **checkpoint["target"]}  # checkpoints before transforms had none
+        # checkpoints from before transforms and clipping had neither
+        model.target = {"transform": "none", "clip": None, **checkpoint["target"]}
         model.domain = Domain.from_checkpoint(checkpoint["domain"]) if checkpoint.get("domain") else None
         model.provenance = checkpoint.get("provenance") or {}
         model.training_data = list(checkpoint.get("training_data") or [])

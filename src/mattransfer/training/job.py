@@ -169,7 +169,8 @@ def train_and_test(
     model.encoder.check_elements(data.inputs)
     y = data.targets()
     train_pos, val_pos, test_pos = (data.inputs.positions(ids) for ids in (split.train, split.val, split.test))
-    model.set_target(data.table.name, data.table.target, data.table.unit, y[train_pos], training.target_transform)
+    model.set_target(data.table.name, data.table.target, data.table.unit, y[train_pos], training.target_transform,
+                     training.clip_to_train_range)
     y_std = model.standardise(y)
     model.to(device)
     batches = {

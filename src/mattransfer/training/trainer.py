@@ -54,6 +54,9 @@ class TrainingOptions(BaseModel):
     warmup_epochs: int = Field(0, ge=0, description="cosine only: epochs of linear warm-up to lr")
     plateau_factor: float = Field(0.5, gt=0, lt=1, description="plateau only: the learning rate's factor at each cut")
     plateau_patience: int = Field(10, ge=1, description="plateau only: epochs without a better validation loss before a cut")
+    clip_to_train_range: bool = Field(
+        True, description="predictions (and so the metrics) clipped to the training targets' [min, max]: beyond"
+        " the labels it saw a head extrapolates, and was wrong more often than not (docs/results/recipe)")
     target_transform: Literal["none", "log"] = Field(
         "none", description="what the head learns (standardised): the target, or its log (strictly positive,"
         " heavy-tailed targets); predictions and metrics are in the target's unit either way")
