@@ -3,6 +3,7 @@ the results table, Part 2's target choice and Part 4's structure-biased pre-trai
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -142,7 +143,7 @@ def test_part2_expansion_caps_and_dedupes():
     pretrains = plan.in_part(2)
     assert {t.kind for t in pretrains} == {"pretrain"}
     before = len(plan)
-    plan_.part2(plan, {"eform": ["gvrh", "piezo"], "bandgap": ["phonons", "gvrh"]})
+    paper.part2.plan_targets(plan_, plan, {"eform": ["gvrh", "piezo"], "bandgap": ["phonons", "gvrh"]})
     part2 = plan.in_part(2)
     assert [t for t in part2 if t.kind == "pretrain"] == pretrains
     # 50,000 and 100,000 both cap at the 33,063-sample pool: one task, both caps noted.
@@ -529,3 +530,33 @@ def test_tasks_of_studies_run_before_new_options_keep_their_hashes():
             for k in tiny.datasets}
     hashes = {t.describe(): t.hash for t in Planner(tiny, data).plan()}
     assert {k: hashes[k] for k in BEFORE_NEW_OPTIONS} == BEFORE_NEW_OPTIONS
+
+
+# Every task of every shipped study file, as planned before the parts became plug-ins (commit 4111b01): the
+# hashes, parts, descriptions and cap notes in plan order (Part 2's fine-tunes with fixed targets), by count
+# and digest. A study run before resumes with every finished task.
+PLANNED_BEFORE_PLUGINS = {
+    "paper": (2009, "7e82827b8673a186"), "quick": (78, "af304e787b1b876c"),
+    "configs/study-paper-seed0.yaml": (615, "ad287659636aba3c"),
+    "configs/study-part1-timing.yaml": (532, "79172342d98a7d5d"),
+    "configs/study-test-overlap.yaml": (70, "20eab95aedd5de70"),
+    "configs/study-zoo-part1.yaml": (245, "5f44c99a2df2dc1d"),
+    "configs/study-zoo-small.yaml": (57, "bbae3051f682497a"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PLANNED_BEFORE_PLUGINS))
+def test_shipped_studies_plan_the_tasks_they_planned_before(name):
+    study = load_spec(name if name in PRESETS else Path(__file__).parents[1] / name)
+    pools = {**POOLS, "demo_energy": 270, "demo_volume": 270, "demo_bulk": 270}
+    keys = [*study.datasets, *(f"{d}@{u}" for d in study.datasets for u in study.part1.universal)]
+    data = {k: PreparedData(k, "y", "u", f"fp-{k}", 1000, pools[k.split("@")[0]], Path("/nowhere"),
+                            RadiusGraph(GraphSettings())) for k in keys}
+    planner_ = Planner(study, data)
+    plan = planner_.plan()
+    if study.part2.enabled:
+        study.part2.plan_targets(planner_, plan, {s: [d for d in study.datasets if d != s][:2]
+                                                  for s in study.part2.sources})
+    tasks = [[t.hash, sorted(t.parts), t.describe(), sorted(t.notes)] for t in plan]
+    digest = hashlib.sha256(json.dumps(tasks).encode()).hexdigest()[:16]
+    assert (len(tasks), digest) == PLANNED_BEFORE_PLUGINS[name]

@@ -15,6 +15,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -30,9 +31,11 @@ from mattransfer.graphs.build import GraphSettings
 from mattransfer.graphs.inputs import Featurizer, InputStore, cached_inputs_file, inputs_hash, row_keys
 from mattransfer.study.layout import StudyDir
 from mattransfer.study.relatedness import property_relatedness
-from mattransfer.study.spec import StudySpec
 from mattransfer.models.model import TransferModel
 from mattransfer.training.job import Dataset
+
+if TYPE_CHECKING:  # the spec imports the study parts, which import this module
+    from mattransfer.study.spec import StudySpec
 
 log = logging.getLogger(__name__)
 FEATURES_FILE = "features.parquet"  # of a prepared dataset: what its feature baselines read
@@ -74,16 +77,16 @@ def prepare_datasets(
 ) -> dict[str, PreparedData]:
     """Load and prepare every dataset of ``spec``; Bravais labels for the keys in ``labels_for``.
 
-    Each dataset is prepared with the study encoder's featurizer, and for each of Part 1's pre-trained
-    models (`tasks.data_key`) with that model's, for the rows its fine-tunes use (test set and the
-    largest subset of each seed: subsets are nested). Also writes each dataset's fixed test ids and the
+    Each dataset is prepared with the study encoder's featurizer, and for each pre-trained model a part
+    fine-tunes (Part 1's ``universal``) with that model's (`tasks.data_key`), for the rows its fine-tunes
+    use (test set and the largest subset of each seed: subsets are nested). Also writes each dataset's fixed test ids and the
     datasets' property relatedness.
     """
     sources = DataSources.from_yaml(spec.data_sources) if spec.data_sources else DataSources.from_env()
     tables, prepared = {}, {}
     featurizer = TransferModel(spec.model, spec.graphs).encoder.featurizer()
     universal = {name: TransferModel.from_pretrained(name).encoder.featurizer()
-                 for name in (spec.part1.universal if spec.part1.enabled else [])}
+                 for part in spec.parts() for name in part.pretrained_models()}
     for key in spec.datasets:
         table = sources.load(key)
         log.info("data %s: %d rows from %s (dropped: %s)", key, len(table), table.source, table.dropped or "none")
@@ -95,7 +98,7 @@ def prepare_datasets(
         prepared[key] = _prepare(table, featurizer, study, key, pool, progress,
                                  spec.graphs if key in labels_for else None)
         used = _used_rows(table, test, pool, spec)
-        if spec.part1.enabled and spec.part1.baselines:
+        if any(part.feature_baselines() for part in spec.parts()):
             prepare_features(used, prepared[key].path, progress)
         if universal:
             for name, own in universal.items():
