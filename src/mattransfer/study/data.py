@@ -79,8 +79,8 @@ def prepare_datasets(
 
     Each dataset is prepared with the study encoder's featurizer, and for each pre-trained model a part
     fine-tunes (Part 1's ``universal``) with that model's (`tasks.data_key`), for the rows its fine-tunes
-    use (test set and the largest subset of each seed: subsets are nested). Also writes each dataset's fixed test ids and the
-    datasets' property relatedness.
+    use (test set and the largest subset of each seed: subsets are nested). Also writes each dataset's fixed
+    test ids and the datasets' property relatedness.
     """
     sources = DataSources.from_yaml(spec.data_sources) if spec.data_sources else DataSources.from_env()
     tables, prepared = {}, {}
