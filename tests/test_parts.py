@@ -11,15 +11,16 @@ from mattransfer.study.parts import PARTS, Part, register_part
 
 
 def test_every_part_has_a_study_section_and_a_report_section():
-    assert list(PARTS) == ["part1", "part2", "part3", "part4"] == list(SECTIONS)
-    assert [PARTS[name].number for name in PARTS] == [1, 2, 3, 4]
+    assert list(PARTS) == ["part1", "part2", "part3", "part4", "dft_to_expt"] == list(SECTIONS)
+    assert [PARTS[name].number for name in PARTS] == [1, 2, 3, 4, 5]
     assert all(name in StudySpec.model_fields and StudySpec.model_fields[name].annotation is part
                for name, part in PARTS.items())
 
 
 def test_only_enabled_parts_plan():
-    quick = load_spec("quick")  # Parts 2 and 4 are off there
+    quick = load_spec("quick")  # Parts 2 and 4 are off there, and the parts off by default
     assert [part.name for part in quick.parts()] == ["part1", "part3"]
+    assert [part.name for part in load_spec("dft-to-expt").parts()] == ["dft_to_expt"]
     assert {type(part) for part in quick.parts()} == {PARTS["part1"], PARTS["part3"]}
 
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 from pymatgen.core import Lattice, Structure
 
+from mattransfer.data.registry import DataSources
 from mattransfer.data.symmetry import BRAVAIS, bravais_lattice
 from mattransfer.errors import ConfigError
 from mattransfer.finetune import param_groups
@@ -63,7 +64,7 @@ def spec(**changes) -> StudySpec:
 
 
 def test_presets_load_and_copy(tmp_path):
-    assert set(PRESETS) == {"paper", "quick"}
+    assert set(PRESETS) == {"paper", "quick", "dft-to-expt"}
     paper = load_spec("paper")
     assert paper.datasets == ["gvrh", "phonons", "eform", "bandgap", "expt_gap", "dielectric", "piezo"]
     assert paper.seeds == [0, 1, 2] and paper.pretrain_cap == 941 and paper.finetune_sizes == [10, 100, 200, 500, 800]
@@ -560,3 +561,35 @@ def test_shipped_studies_plan_the_tasks_they_planned_before(name):
     tasks = [[t.hash, sorted(t.parts), t.describe(), sorted(t.notes)] for t in plan]
     digest = hashlib.sha256(json.dumps(tasks).encode()).hexdigest()[:16]
     assert (len(tasks), digest) == PLANNED_BEFORE_PLUGINS[name]
+
+
+def test_dft_to_expt_pretrains_without_the_target_test_compositions(tmp_path):
+    """The DFT → experiment part on the demo data: the source is pre-trained without any composition of the
+    target's fixed test set (demo_energy and demo_volume share their crystals: 138 of 300 rows go), then
+    fine-tuned beside scratch; the fine-tunes record no test material in the pre-training; the report has it."""
+    study = spec(part1={"enabled": False}, part4={"enabled": False},
+                 dft_to_expt={"enabled": True, "source": "demo_energy", "target": "demo_volume",
+                              "pretrain_size": 40, "finetune_sizes": [12], "methods": ["heads", "full"]})
+    summary = run_study(study, tmp_path, workers=1, progress=False)
+    assert summary["tasks"] == summary["done"] == 4 and set(summary["parts"]) == {5}
+    source = "demo_energy-without-demo_volume-test"
+    (prepared,) = (tmp_path / "data").glob(f"{source}-*")
+    assert len(json.loads((prepared / "identities.json").read_text())["formula"]) == 162
+    sources = DataSources.from_env()
+    energy, volume = sources.load("demo_energy"), sources.load("demo_volume")
+    test = set(json.loads((tmp_path / "splits" / "demo_volume_test.json").read_text())["ids"])
+    test_formulas = {f for i, f in zip(volume.ids, volume.identities()["formula"]) if i in test}
+    results = pd.read_csv(tmp_path / "results.csv", dtype={"task_hash": str})
+    pretrain = results.loc[results["kind"] == "pretrain", "task_hash"].iloc[0]
+    split = json.loads((tmp_path / "tasks" / pretrain / "split.json").read_text())
+    seen = set(split["train"]) | set(split["val"])
+    trained = {f for i, f in zip(energy.ids, energy.identities()["formula"]) if i in seen}
+    assert len(seen) == 40 and test_formulas and not trained & test_formulas
+    transfer = results[(results["kind"] == "finetune") & (results["method"] != "scratch")]
+    assert set(transfer["source"]) == {source} and set(transfer["method"]) == {"heads", "full"}
+    assert (transfer["test_same_formula"] == 0).all()
+    from mattransfer.report import write_report
+
+    text = write_report(tmp_path).read_text()
+    assert "## DFT → experiment" in text and "DFT → experiment (demo_volume, n_test 30)" in text
+    assert "Part 1 — relations between datasets | 0 | 0 | 0 | 0 | not in this study" in text

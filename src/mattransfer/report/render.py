@@ -18,7 +18,7 @@ from markdown_it import MarkdownIt
 from mattransfer.report import analysis as an
 from mattransfer.report import text as tx
 from mattransfer.report import uncertainty as un
-from mattransfer.report.parts import SECTIONS, Context
+from mattransfer.report.parts import SECTIONS, Context, Section
 from mattransfer.study.parts import PARTS
 
 STATISTICS_NOTE = (
@@ -50,12 +50,14 @@ def write_report(study_dir: Path) -> Path:
     results = an.load_results(study_dir)
     doc = tx.Document(study_dir / "report")
     doc.prepare()
-    _tasks(doc, results, an.planned_tasks(study_dir))
+    planned = an.planned_tasks(study_dir)
+    sections = _sections(results, planned)
+    _tasks(doc, results, planned, sections)
     broken = un.broken_baselines(results)
     _broken_baselines(doc, broken)
     context = Context(results, broken, study_dir)
     answers = []
-    for section in SECTIONS.values():
+    for section in sections.values():
         doc.heading(section.title)
         answers += section.write(doc, context)
     title = f"Transfer study report: {study_dir.resolve().name}"
@@ -73,9 +75,18 @@ def _state(tasks: int, failed: int, not_run: int) -> str:
     return f"incomplete: {', '.join(left)}" if left else "all tasks done"
 
 
-def _tasks(doc: tx.Document, results: pd.DataFrame, planned: dict[int, int] | None) -> None:
+def _sections(results: pd.DataFrame, planned: dict[int, int] | None) -> dict[str, Section]:
+    """The sections of the parts on by default (a study without one is told so) and of any other part the
+    study has tasks of."""
+    present = set(results["part"].dropna()) | set(planned or {})
+    return {name: section for name, section in SECTIONS.items()
+            if PARTS[name].model_fields["enabled"].default or PARTS[name].number in present}
+
+
+def _tasks(doc: tx.Document, results: pd.DataFrame, planned: dict[int, int] | None,
+           sections: dict[str, Section]) -> None:
     doc.heading("Tasks")
-    titles = {PARTS[name].number: section.title for name, section in SECTIONS.items()}
+    titles = {PARTS[name].number: section.title for name, section in sections.items()}
     status = an.task_status(results, list(titles), planned)
     status["part"] = status["part"].map(titles)
     status["state"] = [_state(*counts) for counts in zip(status["tasks"], status["failed"], status["not_run"])]

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from mattransfer.data.registry import DataSources, release_read_cache
-from mattransfer.data.splits import fixed_test_ids, make_split
+from mattransfer.data.splits import fixed_test_ids, make_split, without_formulas_of
 from mattransfer.data.symmetry import cached_bravais_labels
 from mattransfer.data.table import PropertyTable
 from mattransfer.featurizers import cached_features
@@ -66,6 +66,11 @@ def data_key(dataset: str, pretrained: str | None) -> str:
     return dataset if pretrained is None else f"{dataset}@{pretrained}"
 
 
+def without_test_formulas(source: str, target: str) -> str:
+    """The data key of ``source`` without the compositions of ``target``'s fixed test set."""
+    return f"{source}-without-{target}-test"
+
+
 def fingerprint(table: PropertyTable, featurizer: Featurizer) -> str:
     digest = hashlib.sha256(inputs_hash(table, featurizer).encode())
     digest.update(np.ascontiguousarray(table.y, dtype=np.float64).tobytes())
@@ -79,8 +84,9 @@ def prepare_datasets(
 
     Each dataset is prepared with the study encoder's featurizer, and for each pre-trained model a part
     fine-tunes (Part 1's ``universal``) with that model's (`tasks.data_key`), for the rows its fine-tunes
-    use (test set and the largest subset of each seed: subsets are nested). Also writes each dataset's fixed
-    test ids and the datasets' property relatedness.
+    use (test set and the largest subset of each seed: subsets are nested). Datasets a part asks for without
+    another's test compositions (`Part.formula_exclusions`) are prepared again under `without_test_formulas`.
+    Also writes each dataset's fixed test ids and the datasets' property relatedness.
     """
     sources = DataSources.from_yaml(spec.data_sources) if spec.data_sources else DataSources.from_env()
     tables, prepared = {}, {}
@@ -105,6 +111,13 @@ def prepare_datasets(
                 prepared[data_key(key, name)] = _prepare(used, own, study, data_key(key, name), pool, progress,
                                                          split_ids=table.ids)
         tables[key] = table
+    for source, target in sorted({pair for part in spec.parts() for pair in part.formula_exclusions()}):
+        test = tables[target].subset(fixed_test_ids(tables[target].ids, spec.test_fraction, spec.test_seed))
+        table = without_formulas_of(tables[source], test, f"formula_in_test_of_{target}")
+        key = without_test_formulas(source, target)
+        log.info("data %s: %d rows (%s)", key, len(table), table.dropped)
+        pool = len(table) - len(fixed_test_ids(table.ids, spec.test_fraction, spec.test_seed))
+        prepared[key] = _prepare(table, featurizer, study, key, pool, progress)
     _write_relatedness(tables, {key: prepared[key].fingerprint for key in tables}, study)
     release_read_cache()  # the main process only schedules from here on
     return prepared

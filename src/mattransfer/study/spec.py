@@ -22,7 +22,7 @@ from mattransfer.study.parts import PARTS, Part, Section, Sizes
 from mattransfer.study.parts.base import distinct_seeds
 from mattransfer.training.trainer import COMPILE_HELP, TrainingOptions
 
-PRESETS = ("paper", "quick")
+PRESETS = ("paper", "quick", "dft-to-expt")
 
 
 class StudyOptions(Section):
