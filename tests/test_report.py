@@ -15,6 +15,7 @@ from scipy import stats
 from mattransfer.data.table import PropertyTable
 from mattransfer.report import write_report
 from mattransfer.report import analysis as an
+from mattransfer.report.parts import SECTIONS
 from mattransfer.study.relatedness import COLUMNS, property_relatedness
 from mattransfer.study.results import COLUMNS as SCHEMA
 from mattransfer.study.results import transfer_gain
@@ -226,7 +227,7 @@ def test_failures_and_missing_parts_reported(tmp_path, study):
     synthetic_results(seeds=[0], parts=(1,)).to_csv(tmp_path / "results.csv", index=False)
     text = write_report(tmp_path).read_text()
     for part in (2, 3, 4):
-        assert f"| {an.PARTS[part]} | 0 | 0 | 0 | 0 | not in this study |" in text
+        assert f"| {SECTIONS['part' + str(part)].title} | 0 | 0 | 0 | 0 | not in this study |" in text
     assert "Data vs physics: not answered" in text and "Relatedness vs transfer: not answered" in text
     assert "n/a (1 seed)" in text
     # one seed and no predictions: no CI, so nothing is called helped or hurt
@@ -243,10 +244,10 @@ def test_tasks_not_run_yet_come_from_the_plan(tmp_path):
     plan = [{"hash": f"p{k}", "parts": [1]} for k in range(len(status) + 7)] + [{"hash": "q", "parts": [2, 4]}]
     (tmp_path / "plan.json").write_text(json.dumps(plan))
     text = write_report(tmp_path).read_text()
-    assert (f"| {an.PARTS[1]} | {len(status) + 7} | {done} | {failed} | 7 | incomplete: 7 not run yet, {failed} failed |"
+    assert (f"| {SECTIONS['part1'].title} | {len(status) + 7} | {done} | {failed} | 7 | incomplete: 7 not run yet, {failed} failed |"
             in text) and failed == 1
-    assert f"| {an.PARTS[2]} | 1 | 0 | 0 | 1 | incomplete: 1 not run yet |" in text
-    assert f"| {an.PARTS[3]} | 0 | 0 | 0 | 0 | not in this study |" in text
+    assert f"| {SECTIONS['part2'].title} | 1 | 0 | 0 | 1 | incomplete: 1 not run yet |" in text
+    assert f"| {SECTIONS['part3'].title} | 0 | 0 | 0 | 0 | not in this study |" in text
 
 
 def test_empty_results_table(tmp_path):

@@ -3,6 +3,7 @@ the results table, Part 2's target choice and Part 4's structure-biased pre-trai
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import pytest
 import torch
 from pymatgen.core import Lattice, Structure
 
+from mattransfer.data.registry import DataSources
 from mattransfer.data.symmetry import BRAVAIS, bravais_lattice
 from mattransfer.errors import ConfigError
 from mattransfer.finetune import param_groups
@@ -62,7 +64,7 @@ def spec(**changes) -> StudySpec:
 
 
 def test_presets_load_and_copy(tmp_path):
-    assert set(PRESETS) == {"paper", "quick"}
+    assert set(PRESETS) == {"paper", "quick", "dft-to-expt"}
     paper = load_spec("paper")
     assert paper.datasets == ["gvrh", "phonons", "eform", "bandgap", "expt_gap", "dielectric", "piezo"]
     assert paper.seeds == [0, 1, 2] and paper.pretrain_cap == 941 and paper.finetune_sizes == [10, 100, 200, 500, 800]
@@ -142,7 +144,7 @@ def test_part2_expansion_caps_and_dedupes():
     pretrains = plan.in_part(2)
     assert {t.kind for t in pretrains} == {"pretrain"}
     before = len(plan)
-    plan_.part2(plan, {"eform": ["gvrh", "piezo"], "bandgap": ["phonons", "gvrh"]})
+    paper.part2.plan_targets(plan_, plan, {"eform": ["gvrh", "piezo"], "bandgap": ["phonons", "gvrh"]})
     part2 = plan.in_part(2)
     assert [t for t in part2 if t.kind == "pretrain"] == pretrains
     # 50,000 and 100,000 both cap at the 33,063-sample pool: one task, both caps noted.
@@ -561,3 +563,69 @@ def test_tasks_of_studies_run_before_new_options_keep_their_hashes():
 
     assert hashes({"clip_to_train_range": False}) == BEFORE_NEW_OPTIONS
     assert not set(hashes({}).values()) & set(BEFORE_NEW_OPTIONS.values())
+
+
+# Every task of every shipped study file, as planned before the parts became plug-ins (commit 4111b01): the
+# hashes, parts, descriptions and cap notes in plan order (Part 2's fine-tunes with fixed targets), by count
+# and digest. A study run before resumes with every finished task.
+PLANNED_BEFORE_PLUGINS = {
+    "paper": (2009, "7e82827b8673a186"), "quick": (78, "af304e787b1b876c"),
+    "configs/study-paper-seed0.yaml": (615, "ad287659636aba3c"),
+    "configs/study-part1-timing.yaml": (532, "79172342d98a7d5d"),
+    "configs/study-test-overlap.yaml": (70, "20eab95aedd5de70"),
+    "configs/study-zoo-part1.yaml": (245, "5f44c99a2df2dc1d"),
+    "configs/study-zoo-small.yaml": (57, "bbae3051f682497a"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PLANNED_BEFORE_PLUGINS))
+def test_shipped_studies_plan_the_tasks_they_planned_before(name):
+    study = load_spec(name if name in PRESETS else Path(__file__).parents[1] / name)
+    old = {"clip_to_train_range": False}  # the computation of then (clipping came after, with new hashes)
+    study = study.model_copy(update={"pretrain": study.pretrain.model_copy(update=old),
+                                     "finetune": study.finetune.model_copy(update=old)})
+    pools = {**POOLS, "demo_energy": 270, "demo_volume": 270, "demo_bulk": 270}
+    keys = [*study.datasets, *(f"{d}@{u}" for d in study.datasets for u in study.part1.universal)]
+    data = {k: PreparedData(k, "y", "u", f"fp-{k}", 1000, pools[k.split("@")[0]], Path("/nowhere"),
+                            RadiusGraph(GraphSettings())) for k in keys}
+    planner_ = Planner(study, data)
+    plan = planner_.plan()
+    if study.part2.enabled:
+        study.part2.plan_targets(planner_, plan, {s: [d for d in study.datasets if d != s][:2]
+                                                  for s in study.part2.sources})
+    tasks = [[t.hash, sorted(t.parts), t.describe(), sorted(t.notes)] for t in plan]
+    digest = hashlib.sha256(json.dumps(tasks).encode()).hexdigest()[:16]
+    assert (len(tasks), digest) == PLANNED_BEFORE_PLUGINS[name]
+
+
+def test_dft_to_expt_pretrains_without_the_target_test_compositions(tmp_path):
+    """The DFT → experiment part on the demo data: the source is pre-trained without any composition of the
+    target's fixed test set (demo_energy and demo_volume share their crystals: 138 of 300 rows go), then
+    fine-tuned beside scratch; the fine-tunes record no test material in the pre-training; the report has it."""
+    study = spec(part1={"enabled": False}, part4={"enabled": False},
+                 dft_to_expt={"enabled": True, "source": "demo_energy", "target": "demo_volume",
+                              "pretrain_size": 40, "finetune_sizes": [12], "methods": ["heads", "full"]})
+    summary = run_study(study, tmp_path, workers=1, progress=False)
+    assert summary["tasks"] == summary["done"] == 4 and set(summary["parts"]) == {5}
+    source = "demo_energy-without-demo_volume-test"
+    (prepared,) = (tmp_path / "data").glob(f"{source}-*")
+    assert len(json.loads((prepared / "identities.json").read_text())["formula"]) == 162
+    sources = DataSources.from_env()
+    energy, volume = sources.load("demo_energy"), sources.load("demo_volume")
+    test = set(json.loads((tmp_path / "splits" / "demo_volume_test.json").read_text())["ids"])
+    test_formulas = {f for i, f in zip(volume.ids, volume.identities()["formula"]) if i in test}
+    results = pd.read_csv(tmp_path / "results.csv", dtype={"task_hash": str})
+    pretrain = results.loc[results["kind"] == "pretrain", "task_hash"].iloc[0]
+    split = json.loads((tmp_path / "tasks" / pretrain / "split.json").read_text())
+    seen = set(split["train"]) | set(split["val"])
+    trained = {f for i, f in zip(energy.ids, energy.identities()["formula"]) if i in seen}
+    assert len(seen) == 40 and test_formulas and not trained & test_formulas
+    transfer = results[(results["kind"] == "finetune") & (results["method"] != "scratch")]
+    assert set(transfer["source"]) == {source} and set(transfer["method"]) == {"heads", "full"}
+    assert (transfer["test_same_formula"] == 0).all()
+    from mattransfer.report import write_report
+
+    text = write_report(tmp_path).read_text()
+    assert "## DFT → experiment" in text and "DFT → experiment (demo_volume, n_test 30)" in text
+    assert "Part 1 — relations between datasets | 0 | 0 | 0 | 0 | not in this study" in text
+

@@ -110,12 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     cache_clear.set_defaults(handler=_cache_clear)
 
     study = commands.add_parser("study", help="run the transfer study (Parts 1-4): resumable grids of trainings",
-                                description="Run, inspect or copy a study. Presets: quick (embedded demo), paper.")
+                                description="Run, inspect or copy a study. Presets: quick (embedded demo), paper, dft-to-expt.")
     study_commands = study.add_subparsers(dest="study_command", required=True, metavar="STUDY_COMMAND")
     study_run = study_commands.add_parser("run", help="run every task not yet done (resumes a killed study)",
                                           description="Run a study's tasks in worker processes, one torch thread"
                                                       " each by default.")
-    study_run.add_argument("spec", help="a study YAML or a preset name (quick, paper)")
+    study_run.add_argument("spec", help="a study YAML or a preset name (quick, paper, dft-to-expt)")
     study_run.add_argument("--out", type=Path, required=True, help="study directory (results, tasks, report)")
     study_run.add_argument("--workers", type=int, help="local worker processes (default: one per core)")
     study_run.add_argument("--scheduler", help="Dask scheduler address tcp://HOST:PORT instead of local processes")
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     study_status.add_argument("study_dir", type=Path, help="the study directory given to `study run --out`")
     study_status.set_defaults(handler=_study_status)
     study_preset = study_commands.add_parser("preset", help="copy a preset to a YAML file to edit")
-    study_preset.add_argument("name", help="preset name (quick, paper)")
+    study_preset.add_argument("name", help="preset name (quick, paper, dft-to-expt)")
     study_preset.add_argument("path", type=Path, help="YAML file to write")
     study_preset.set_defaults(handler=_study_preset)
 

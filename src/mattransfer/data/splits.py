@@ -112,6 +112,11 @@ def without_compositions(table: PropertyTable, compositions: set[str], reason: s
     return kept
 
 
+def without_formulas_of(table: PropertyTable, other: PropertyTable, reason: str) -> PropertyTable:
+    """``table`` without the rows whose composition is that of a row of ``other`` (`without_compositions`)."""
+    return without_compositions(table, {composition_key(c) for c in other.row_compositions()}, reason)
+
+
 def training_record(table: PropertyTable, split: Split) -> dict:
     """What a model was trained on, as plain types for its checkpoint: the dataset, how its test set
     was drawn, and the identities (structure key, reduced formula) of its train and val rows."""

@@ -22,12 +22,6 @@ from mattransfer.study.layout import StudyDir
 from mattransfer.study.results import COLUMNS, results_table, write_results
 from mattransfer.study.tasks import Plan
 
-PARTS = {
-    1: "Part 1 — relations between datasets",
-    2: "Part 2 — data vs physics",
-    3: "Part 3 — whole network vs head",
-    4: "Part 4 — structure-biased pre-training",
-}
 SCRATCH = "scratch"
 OPTIONAL = ["test_same_structure", "test_same_formula"]  # absent from tables of older studies
 PAIR = ["source", "target"]
@@ -81,12 +75,12 @@ def test_in_source(rows: pd.DataFrame) -> pd.DataFrame:
             .dropna(subset=["test_same_structure"]).reset_index())
 
 
-def task_status(results: pd.DataFrame, planned: dict[int, int] | None = None) -> pd.DataFrame:
-    """Planned, done, failed and not yet run task counts for every part 1–4.
+def task_status(results: pd.DataFrame, parts: list[int], planned: dict[int, int] | None = None) -> pd.DataFrame:
+    """Planned, done, failed and not yet run task counts for every one of ``parts`` (their numbers).
 
     Without ``planned`` the tasks of a part are those with a row (done or failed).
     """
-    counts = pd.crosstab(results["part"], results["status"]).reindex(index=list(PARTS), fill_value=0)
+    counts = pd.crosstab(results["part"], results["status"]).reindex(index=parts, fill_value=0)
     counts = counts.reindex(columns=["done", "failed"], fill_value=0).rename_axis("part").reset_index()
     finished = counts["done"] + counts["failed"]
     tasks = counts["part"].map(planned or {}).fillna(0).astype(int).clip(lower=finished)

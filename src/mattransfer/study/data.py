@@ -15,13 +15,14 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 
 from mattransfer.data.registry import DataSources, release_read_cache
-from mattransfer.data.splits import fixed_test_ids, make_split
+from mattransfer.data.splits import fixed_test_ids, make_split, without_formulas_of
 from mattransfer.data.symmetry import cached_bravais_labels
 from mattransfer.data.table import PropertyTable
 from mattransfer.featurizers import cached_features
@@ -30,9 +31,11 @@ from mattransfer.graphs.build import GraphSettings
 from mattransfer.graphs.inputs import Featurizer, InputStore, cached_inputs_file, inputs_hash, row_keys
 from mattransfer.study.layout import StudyDir
 from mattransfer.study.relatedness import property_relatedness
-from mattransfer.study.spec import StudySpec
 from mattransfer.models.model import TransferModel
 from mattransfer.training.job import Dataset
+
+if TYPE_CHECKING:  # the spec imports the study parts, which import this module
+    from mattransfer.study.spec import StudySpec
 
 log = logging.getLogger(__name__)
 FEATURES_FILE = "features.parquet"  # of a prepared dataset: what its feature baselines read
@@ -63,6 +66,11 @@ def data_key(dataset: str, pretrained: str | None) -> str:
     return dataset if pretrained is None else f"{dataset}@{pretrained}"
 
 
+def without_test_formulas(source: str, target: str) -> str:
+    """The data key of ``source`` without the compositions of ``target``'s fixed test set."""
+    return f"{source}-without-{target}-test"
+
+
 def fingerprint(table: PropertyTable, featurizer: Featurizer) -> str:
     digest = hashlib.sha256(inputs_hash(table, featurizer).encode())
     digest.update(np.ascontiguousarray(table.y, dtype=np.float64).tobytes())
@@ -74,16 +82,17 @@ def prepare_datasets(
 ) -> dict[str, PreparedData]:
     """Load and prepare every dataset of ``spec``; Bravais labels for the keys in ``labels_for``.
 
-    Each dataset is prepared with the study encoder's featurizer, and for each of Part 1's pre-trained
-    models (`tasks.data_key`) with that model's, for the rows its fine-tunes use (test set and the
-    largest subset of each seed: subsets are nested). Also writes each dataset's fixed test ids and the
-    datasets' property relatedness.
+    Each dataset is prepared with the study encoder's featurizer, and for each pre-trained model a part
+    fine-tunes (Part 1's ``universal``) with that model's (`tasks.data_key`), for the rows its fine-tunes
+    use (test set and the largest subset of each seed: subsets are nested). Datasets a part asks for without
+    another's test compositions (`Part.formula_exclusions`) are prepared again under `without_test_formulas`.
+    Also writes each dataset's fixed test ids and the datasets' property relatedness.
     """
     sources = DataSources.from_yaml(spec.data_sources) if spec.data_sources else DataSources.from_env()
     tables, prepared = {}, {}
     featurizer = TransferModel(spec.model, spec.graphs).encoder.featurizer()
     universal = {name: TransferModel.from_pretrained(name).encoder.featurizer()
-                 for name in (spec.part1.universal if spec.part1.enabled else [])}
+                 for part in spec.parts() for name in part.pretrained_models()}
     for key in spec.datasets:
         table = sources.load(key)
         log.info("data %s: %d rows from %s (dropped: %s)", key, len(table), table.source, table.dropped or "none")
@@ -95,13 +104,20 @@ def prepare_datasets(
         prepared[key] = _prepare(table, featurizer, study, key, pool, progress,
                                  spec.graphs if key in labels_for else None)
         used = _used_rows(table, test, pool, spec)
-        if spec.part1.enabled and spec.part1.baselines:
+        if any(part.feature_baselines() for part in spec.parts()):
             prepare_features(used, prepared[key].path, progress)
         if universal:
             for name, own in universal.items():
                 prepared[data_key(key, name)] = _prepare(used, own, study, data_key(key, name), pool, progress,
                                                          split_ids=table.ids)
         tables[key] = table
+    for source, target in sorted({pair for part in spec.parts() for pair in part.formula_exclusions()}):
+        test = tables[target].subset(fixed_test_ids(tables[target].ids, spec.test_fraction, spec.test_seed))
+        table = without_formulas_of(tables[source], test, f"formula_in_test_of_{target}")
+        key = without_test_formulas(source, target)
+        log.info("data %s: %d rows (%s)", key, len(table), table.dropped)
+        pool = len(table) - len(fixed_test_ids(table.ids, spec.test_fraction, spec.test_seed))
+        prepared[key] = _prepare(table, featurizer, study, key, pool, progress)
     _write_relatedness(tables, {key: prepared[key].fingerprint for key in tables}, study)
     release_read_cache()  # the main process only schedules from here on
     return prepared

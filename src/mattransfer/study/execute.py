@@ -2,7 +2,8 @@
 
 A task is done when its ``result.json`` exists; nothing done is run again, so a study stopped at any
 point (kill -9 included) resumes with what is missing. Failed tasks are retried on the next run.
-Fine-tunes wait for their pre-training; Part 2 is planned once the Part 1 results it reads are in.
+Fine-tunes wait for their pre-training; a part that plans from results (Part 2 from Part 1's) adds the rest
+of its tasks once the results it waits for are in.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from mattransfer.study.data import PreparedData, prepare_datasets
 from mattransfer.study.executors import open_executor
 from mattransfer.fileio import write_atomic, write_json
 from mattransfer.study.layout import StudyDir
-from mattransfer.study.results import pick_part2_targets, results_table, write_results
+from mattransfer.study.parts import PARTS, Part
+from mattransfer.study.results import results_table, write_results
 from mattransfer.study.spec import StudySpec
 from mattransfer.study.tasks import Plan, Planner, Task
-from mattransfer.study.transferability import score_cells
 from mattransfer.study.worker import checkpoint_problem, run_task
 from mattransfer.training.job import resolve_device
 
@@ -54,16 +55,18 @@ def run_study(
     study = StudyDir(study_dir)
     with study.lock():
         write_atomic(study.spec_file, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-        labels_for = {spec.part4.source} if spec.part4.enabled and any(spec.part4.lambdas) else set()
+        labels_for = set().union(*(part.bravais_labels() for part in spec.parts()))
         data = prepare_datasets(spec, study, labels_for, progress)
         run = _StudyRun(spec, study, data, start)
         with open_executor(workers, scheduler) as (executor, slots), _progress_bar(progress) as bar:
             run.slots = slots
             run.drive(executor, slots, bar)
-        if spec.part1.enabled and spec.part1.scores and not run.broken:
-            _score_transfer_cells(spec, run.plan, study, data)
-    if spec.part2.enabled and not run.part2_planned:
-        log.warning("Part 2 is not planned: Part 1 tasks it picks targets from did not finish; run the study again.")
+        if not run.broken:
+            for part in spec.parts():
+                part.after_tasks(spec, run.plan, study, data)
+    for part in run.waiting:
+        log.warning("%s is not fully planned: tasks whose results it plans from did not finish; run the study again.",
+                    part.name)
     summary = {**_counts(run.plan, study), "ran": run.ran["done"] + run.ran["failed"], "ran_done": run.ran["done"],
                "ran_failed": run.ran["failed"], "ran_skipped": run.ran["skipped"], "blocked": len(run.pending),
                "wall_seconds": round(time.time() - start, 1)}
@@ -75,15 +78,6 @@ def run_study(
             " `if __name__ == \"__main__\":` (worker processes import the main module)."
         )
     return summary
-
-
-def _score_transfer_cells(spec: StudySpec, plan: Plan, study: StudyDir, data: dict[str, PreparedData]) -> None:
-    """Transferability scores of the Part 1 cells whose source is ready: an addition to the results, so a
-    failure is logged, not raised (the next run tries again)."""
-    try:
-        score_cells(spec, plan, study, data, spec.part1.scores)
-    except Exception as exc:  # a damaged checkpoint, a degenerate subset: the tasks' results stand
-        log.warning("transferability scores not computed: %s: %s", type(exc).__name__, exc)
 
 
 def study_status(study_dir: Path | str) -> dict[str, Any]:
@@ -104,9 +98,8 @@ def _counts(plan: Plan, study: StudyDir) -> dict[str, Any]:
                 "remaining": len(errors) - failed - skipped}
 
     parts = sorted({p for t in plan for p in t.parts})
-    part2 = json.loads(study.part2_file.read_text()) if study.part2_file.exists() else None
-    return {"study_dir": str(study.root), **count(list(plan)),
-            "parts": {p: count(plan.in_part(p)) for p in parts}, "part2_targets": part2}
+    return {"study_dir": str(study.root), **count(list(plan)), "parts": {p: count(plan.in_part(p)) for p in parts},
+            **{key: value for part in PARTS.values() for key, value in part.status(study).items()}}
 
 
 class _StudyRun:
@@ -122,7 +115,9 @@ class _StudyRun:
         self.running: dict[Future, Task] = {}
         self.ran: Counter[str] = Counter()
         self.ran_hashes: list[str] = []
-        self.part2_planned = False
+        # parts that plan more once results are in; their tasks run after the others'
+        self.waiting: list[Part] = [p for p in spec.parts() if p.waits_for(self.planner, self.plan) is not None]
+        self.last = {p.number for p in self.waiting}
         self.broken = ""
 
     def _check_checkpoints(self) -> None:
@@ -153,14 +148,14 @@ class _StudyRun:
             self._finish(task, future)
 
     def _ready(self) -> list[Task]:
-        """Pending tasks whose pre-training is done, part by part with Part 2 last; within a part
-        pre-trainings first, largest first.
+        """Pending tasks whose pre-training is done, part by part with the parts that plan from results last
+        (Part 2); within a part pre-trainings first, largest first.
 
         Part 2's fine-tunes wait for Part 1's results anyway, and its pre-trainings are the study's
         longest tasks: the other parts' answers come first.
         """
         ready = [t for t in self.pending.values() if t.pretrain is None or self.study.is_done(t.pretrain)]
-        return sorted(ready, key=lambda t: (min(t.parts) == 2, min(t.parts), t.kind != "pretrain",
+        return sorted(ready, key=lambda t: (min(t.parts) in self.last, min(t.parts), t.kind != "pretrain",
                                             -t.size if t.kind == "pretrain" else 0))
 
     def _finish(self, task: Task, future: Future) -> None:
@@ -191,8 +186,8 @@ class _StudyRun:
             self.ran["skipped"] += 1
 
     def _update(self, bar: Progress) -> None:
-        """Plan Part 2 if it can be; rewrite the plan and the results table; refresh the counts."""
-        self._plan_part2()
+        """Plan what waited for results if it can be; rewrite the plan and the results table; refresh the counts."""
+        self._plan_deferred()
         write_json(self.study.plan_file, self.plan.to_json())
         write_results(results_table(self.plan, self.study), self.study)
         done = sum(self.study.is_done(t.hash) for t in self.plan)
@@ -215,23 +210,20 @@ class _StudyRun:
             "ran_tasks": sorted(self.ran_hashes), "done": done, "tasks": len(self.plan),
         })
 
-    def _plan_part2(self) -> None:
-        """Once the Part 1 results it reads are all in, pick Part 2's targets and add its tasks."""
-        part2 = self.spec.part2
-        if not part2.enabled or self.part2_planned:
+    def _plan_deferred(self) -> None:
+        """Let each waiting part whose inputs are all done add the rest of its tasks (Part 2 picks its targets)."""
+        ready = [part for part in self.waiting
+                 if all(self.study.is_done(t.hash) for t in part.waits_for(self.planner, self.plan))]
+        if not ready:
             return
-        if not all(self.study.is_done(t.hash) for t in self.planner.part2_inputs(self.plan)):
-            return
-        picks = pick_part2_targets(results_table(self.plan, self.study), part2.sources, part2.method)
-        write_json(self.study.part2_file, picks)
-        targets = {source: list(dict.fromkeys([p["best"], p["worst"]])) for source, p in picks.items()}
-        log.info("Part 2 targets (by Part 1 mean gain of %s): %s", part2.method, targets)
-        self.planner.part2(self.plan, targets)
+        results = results_table(self.plan, self.study)
         running = {t.hash for t in self.running.values()}
-        for task in self.plan.in_part(2):
-            if not self.study.is_done(task.hash) and task.hash not in running:
-                self.pending[task.hash] = task
-        self.part2_planned = True
+        for part in ready:
+            part.plan_deferred(self.planner, self.plan, results, self.study)
+            for task in self.plan.in_part(part.number):
+                if not self.study.is_done(task.hash) and task.hash not in running:
+                    self.pending[task.hash] = task
+            self.waiting.remove(part)
 
 
 def _progress_bar(enabled: bool) -> Progress:

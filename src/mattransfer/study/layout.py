@@ -1,8 +1,8 @@
 """The study directory on disk. Every file a reader may see is written atomically.
 
     study.yaml               the spec of the latest run
-    plan.json                every task of the study (grows when Part 2 is expanded)
-    part2_targets.json       Part 2's picked targets and the gains they were picked by
+    plan.json                every task of the study (grows when a part plans once results are in)
+    part2_targets.json       Part 2's picked targets and the gains they were picked by (`parts.part2`)
     relatedness.csv          property relatedness of the datasets
                              (data/relatedness.key: the dataset fingerprints it was computed from)
     splits/<key>_test.json   the fixed test ids of each dataset
@@ -49,10 +49,6 @@ class StudyDir:
     @property
     def plan_file(self) -> Path:
         return self.root / "plan.json"
-
-    @property
-    def part2_file(self) -> Path:
-        return self.root / "part2_targets.json"
 
     @property
     def relatedness_file(self) -> Path:

@@ -85,20 +85,3 @@ def transfer_gain(results: pd.DataFrame) -> pd.DataFrame:
     gains = transfer.merge(scratch, on=["target", "finetune_size", "seed"], how="inner")
     gains["gain"] = (gains["scratch_mae"] - gains["test_mae"]) / gains["scratch_mae"]
     return gains
-
-
-def pick_part2_targets(results: pd.DataFrame, sources: list[str], method: str) -> dict[str, dict[str, Any]]:
-    """For each source, the Part 1 target with the highest and the lowest mean gain of ``method``.
-
-    The mean runs over fine-tune sizes and seeds. A source with a single target has best = worst.
-    """
-    gains = transfer_gain(results[results["part"] == 1])
-    mean = gains[gains["method"] == method].groupby(["source", "target"])["gain"].mean()
-    picks = {}
-    for source in sources:
-        by_target = mean.loc[source].sort_values(ascending=False)
-        picks[source] = {
-            "best": by_target.index[0], "worst": by_target.index[-1], "method": method,
-            "mean_gain": {str(t): float(g) for t, g in by_target.items()},
-        }
-    return picks

@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 from mattransfer.featurizers.features import FEATURES_VERSION
 from mattransfer.study.data import PreparedData, data_key
-from mattransfer.study.spec import StudySpec
+
+if TYPE_CHECKING:  # the spec imports the parts, which plan with this module
+    from mattransfer.study.spec import StudySpec
 
 TASK_FORMAT = 1  # bump when a code change alters what a finished task would compute
 
@@ -68,13 +70,12 @@ class Task:
         return cls(**{**raw, "parts": set(raw["parts"]), "notes": set(raw["notes"])})
 
 
-# Options added since TASK_FORMAT 1, at the values that compute what was computed before them (their defaults
-# but for clip_to_train_range, on since): left out of a task's hash, so that the tasks of a
+# Options added since TASK_FORMAT 1, at their defaults: left out of a task's hash, so that the tasks of a
 # study run before they existed keep their hashes, and their finished results.
 NEW_DEFAULTS: dict[str, Any] = {
     "input_norm": False,  # model.head
     "schedule": "constant", "warmup_epochs": 0, "plateau_factor": 0.5, "plateau_patience": 10,  # training
-    "target_transform": "none", "clip_to_train_range": False,
+    "target_transform": "none",
 }
 
 
@@ -118,7 +119,7 @@ class Plan:
 
 
 class Planner:
-    """Expands a spec's parts into tasks over its prepared datasets."""
+    """Expands a spec's parts into tasks over its prepared datasets: the task constructors the parts plan with."""
 
     def __init__(self, spec: StudySpec, data: dict[str, PreparedData]) -> None:
         self.spec, self.data = spec, data
@@ -132,19 +133,10 @@ class Planner:
         }
 
     def plan(self) -> Plan:
-        """Parts 1, 3 and 4 as enabled, and Part 2's pre-trainings, which do not depend on Part 1.
-
-        Part 2's fine-tunes wait for the Part 1 results that pick their targets (`part2`).
-        """
+        """Every enabled part's tasks, but those a part plans once the results it waits for are in."""
         plan = Plan()
-        if self.spec.part1.enabled:
-            self.part1(plan)
-        if self.spec.part2.enabled:
-            self.part2(plan, {source: [] for source in self.spec.part2.sources})
-        if self.spec.part3.enabled:
-            self.part3(plan)
-        if self.spec.part4.enabled:
-            self.part4(plan)
+        for part in self.spec.parts():
+            part.plan(self, plan)
         return plan
 
     # Tasks
@@ -192,6 +184,14 @@ class Planner:
                                model=model, features=FEATURES_VERSION)
         return task
 
+    def transfer(self, plan: Plan, part: int, pretrain: Task, target: str, sizes: list[int],
+                 methods: dict[str, dict[str, Any]], seed: int) -> None:
+        """Fine-tunes of ``pretrain`` on ``target`` at each size, with their scratch baselines."""
+        for size in sizes:
+            plan.add(self.scratch(target, size, seed), part)
+            for method, options in methods.items():
+                plan.add(self.finetune(pretrain, target, size, seed, method, options), part)
+
     def _capped(self, key: str, requested: int, what: str) -> tuple[int, set[str]]:
         pool = self.data[key].pool
         if requested <= pool:
@@ -201,67 +201,3 @@ class Planner:
     def _hash(self, **content: Any) -> str:
         text = json.dumps(_without_new_defaults({**self._shared, **content}), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-    def _transfer(self, plan: Plan, part: int, pretrain: Task, target: str, sizes: list[int],
-                  methods: dict[str, dict[str, Any]], seed: int) -> None:
-        """Fine-tunes of ``pretrain`` on ``target`` at each size, with their scratch baselines."""
-        for size in sizes:
-            plan.add(self.scratch(target, size, seed), part)
-            for method, options in methods.items():
-                plan.add(self.finetune(pretrain, target, size, seed, method, options), part)
-
-    # Parts
-
-    def part1(self, plan: Plan) -> None:
-        spec = self.spec
-        for seed in spec.seeds:
-            for source in spec.part1_sources:
-                pretrain = plan.add(self.pretrain(source, spec.pretrain_cap, seed), 1)
-                for target in spec.datasets:
-                    if target != source:
-                        self._transfer(plan, 1, pretrain, target, spec.finetune_sizes, spec.part1.methods, seed)
-            for target in spec.datasets:  # the references of every target, whichever sources it has
-                for size in spec.finetune_sizes:
-                    plan.add(self.scratch(target, size, seed), 1)
-                    for model in spec.part1.baselines:
-                        plan.add(self.baseline(target, size, seed, model), 1)
-            for name in spec.part1.universal:
-                for target in spec.datasets:
-                    for size in spec.finetune_sizes:
-                        for method, options in spec.part1.universal_methods.items():
-                            plan.add(self.universal(name, target, size, seed, method, options), 1)
-
-    def part2_inputs(self, plan: Plan) -> list[Task]:
-        """The Part 1 tasks whose results pick Part 2's targets."""
-        part2 = self.spec.part2
-        return [
-            t for t in plan.in_part(1)
-            if t.method == "scratch" or (t.method == part2.method and t.source in part2.sources)
-        ]
-
-    def part2(self, plan: Plan, targets: dict[str, list[str]]) -> None:
-        """Pre-training size scaling for each source, fine-tuned on its picked ``targets``."""
-        part2 = self.spec.part2
-        methods = {part2.method: self.spec.part1.methods[part2.method]}
-        for seed in self.spec.seeds:
-            for source, picked in targets.items():
-                for requested in part2.pretrain_sizes:
-                    pretrain = plan.add(self.pretrain(source, requested, seed), 2)
-                    for target in picked:
-                        self._transfer(plan, 2, pretrain, target, [part2.finetune_size], methods, seed)
-
-    def part3(self, plan: Plan) -> None:
-        spec, part3 = self.spec, self.spec.part3
-        for seed in part3.seeds or spec.seeds:
-            for source, target in part3.pairs:
-                pretrain = plan.add(self.pretrain(source, spec.pretrain_cap, seed), 3)
-                self._transfer(plan, 3, pretrain, target, part3.finetune_sizes or spec.finetune_sizes,
-                               part3.methods, seed)
-
-    def part4(self, plan: Plan) -> None:
-        spec, part4 = self.spec, self.spec.part4
-        for seed in spec.seeds:
-            for aux_lambda in part4.lambdas:
-                pretrain = plan.add(self.pretrain(part4.source, part4.pretrain_size, seed, float(aux_lambda)), 4)
-                self._transfer(plan, 4, pretrain, part4.target, part4.finetune_sizes or spec.finetune_sizes,
-                               part4.methods, seed)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import pandas as pd
 
@@ -21,10 +21,12 @@ from mattransfer.fileio import write_atomic
 from mattransfer.models.model import TransferModel
 from mattransfer.study.data import PreparedData, load_prepared
 from mattransfer.study.layout import StudyDir
-from mattransfer.study.spec import StudySpec
 from mattransfer.study.tasks import Plan, Task
 from mattransfer.training.latents import cached_latents
 from mattransfer.training.transferability import SCORES
+
+if TYPE_CHECKING:  # the spec imports the study parts, which import this module
+    from mattransfer.study.spec import StudySpec
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ import yaml
 from mattransfer.config import DataConfig, TrainConfig
 from mattransfer.data.readers import read_frame
 from mattransfer.data.registry import DataSources
-from mattransfer.data.splits import Split, fixed_test_ids, make_split, test_overlap, without_compositions
+from mattransfer.data.splits import Split, fixed_test_ids, make_split, test_overlap, without_formulas_of
 from mattransfer.data.symmetry import cached_bravais_labels
-from mattransfer.data.table import PropertyTable, composition_key
+from mattransfer.data.table import PropertyTable
 from mattransfer.errors import LeakError
 from mattransfer.fileio import write_atomic, write_json
 from mattransfer.models.model import TransferModel, is_pretrained_name, load_source
@@ -67,8 +67,7 @@ def prepare_table(data: DataConfig, sources: DataSources, seed: int) -> tuple[Pr
     for rule in data.exclude_formulas_of:
         other = sources.load(rule.dataset)
         rows = other.ids if rule.rows == "all" else fixed_test_ids(other.ids, rule.test_fraction, rule.test_seed)
-        compositions = {composition_key(c) for c in other.subset(rows).row_compositions()}
-        table = without_compositions(table, compositions, f"formula_in_{rule.rows}_of_{rule.dataset}")
+        table = without_formulas_of(table, other.subset(rows), f"formula_in_{rule.rows}_of_{rule.dataset}")
     log.info("data %s: %d rows from %s in %.1f s (dropped: %s)", table.name, len(table), table.source,
              time.perf_counter() - start, table.dropped or "none")
     split = make_split(

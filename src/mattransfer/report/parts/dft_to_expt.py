@@ -1,0 +1,52 @@
+"""The DFT → experiment section: learning curves on the experimental test set (scratch and each transfer
+method), the DFT model on its own DFT test set, and each transfer method against scratch, paired by seed."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from mattransfer.report import analysis as an
+from mattransfer.report import text as tx
+from mattransfer.report.figures import curves_figure
+from mattransfer.report.parts.base import Context, register_section
+
+PART = "dft_to_expt"
+
+
+@register_section(PART, "DFT → experiment")
+def write(doc: tx.Document, context: Context) -> list[str]:
+    rows = context.rows(PART)
+    if rows.empty:
+        doc.text("No finished DFT → experiment fine-tunes.")
+        return ["DFT → experiment: not answered (no finished fine-tunes)."]
+    target, unit, n_test = rows["target"].iloc[0], rows["unit"].iloc[0], rows["n_test"].max()
+    stats = an.mae_stats(rows, ["method", "finetune_size"])
+    title = f"DFT → experiment — {target} test MAE vs experimental samples"
+    curves = tx.curves(stats, panel=pd.Series(target, index=stats.index), series=stats["method"], x="finetune_size")
+    doc.figure(curves_figure(curves, title=title, xlabel="experimental samples (train + val)"), "dft_to_expt_curves",
+               f"{title} (mean ± std over seeds); scratch: no pre-training.")
+    results = context.results
+    pretrain = results[(results["part"] == context.number(PART)) & (results["kind"] == "pretrain")
+                       & (results["status"] == "done")]
+    own = an.mae_stats(pretrain, ["target", "pretrain_size"])
+    doc.text(*[f"The DFT model ({r.target}, {tx.n(r.pretrain_size)} samples) on its own DFT test set: MAE "
+               f"{tx.pm(r.mae_mean, r.mae_std)} {r.unit} over {r.n_seeds} seed(s)." for r in own.itertuples()])
+    wide = stats.assign(mae=[tx.pm(m, s) for m, s in zip(stats["mae_mean"], stats["mae_std"])]).pivot_table(
+        index="finetune_size", columns="method", values="mae", aggfunc="first")
+    methods = [an.SCRATCH, *sorted(set(wide.columns) - {an.SCRATCH})]
+    doc.table(pd.DataFrame({"experimental n": wide.index.map(tx.n),
+                            **{f"MAE {m}": wide[m].fillna("—").to_numpy() for m in methods if m in wide.columns}}))
+    versus = an.paired_difference(rows, ["finetune_size"], "method", an.SCRATCH)
+    lines = [f"n = {tx.n(r.finetune_size)}, {r.method}: MAE − scratch {tx.pm(r.diff_mean, r.diff_std)} {unit} "
+             f"(p = {tx.p(r.p_value, r.n_pairs)}, {r.n_pairs:.0f} seeds)" for r in versus.itertuples()]
+    doc.text(f"Every MAE is on {target}'s fixed test set (n_test {tx.n(n_test)}), whose compositions the DFT "
+             "pre-training never saw; transfer minus scratch is paired by seed (the same subset), p: paired t-test.")
+    doc.bullets(lines)
+    largest = versus[versus["finetune_size"] == versus["finetune_size"].max()]
+    if largest.empty:
+        return ["DFT → experiment: no seed has both a transfer and a scratch run."]
+    best = largest.loc[largest["diff_mean"].idxmin()]
+    return [f"DFT → experiment ({target}, n_test {tx.n(n_test)}): at the largest experimental set "
+            f"(n = {tx.n(best.finetune_size)}) the best transfer, {best.method}, differs from scratch by "
+            f"{tx.pm(best.diff_mean, best.diff_std)} {unit} MAE (p = {tx.p(best.p_value, best.n_pairs)}; picked on the "
+            "test set)."]

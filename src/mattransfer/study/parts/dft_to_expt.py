@@ -1,0 +1,47 @@
+"""DFT → experiment (the ElemNet transfer experiment, Jha et al. 2019): a model pre-trained on many DFT
+values, fine-tuned on few experimental ones, against training on the experimental data alone.
+
+The DFT pre-training never sees a composition of the experimental fixed test set: it trains on ``source``
+prepared without them (`formula_exclusions`; the removed count is in the study's log and in each fine-tune's
+``test_same_formula``, 0). Off unless enabled: `mattransfer study preset dft-to-expt` writes a study file.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import Field
+
+from mattransfer.study.data import without_test_formulas
+from mattransfer.study.parts.base import Methods, Part, Sizes, in_study, register_part
+
+if TYPE_CHECKING:
+    from mattransfer.study.spec import StudySpec
+    from mattransfer.study.tasks import Plan, Planner
+
+
+@register_part("dft_to_expt", number=5)
+class DftToExpt(Part):
+    """``source`` (DFT) pre-trained without ``target``'s test compositions, fine-tuned on ``target``
+    (experiment) at each of ``finetune_sizes`` with each method, beside scratch on the same subsets."""
+
+    enabled: bool = False
+    source: str = Field("bandgap_comp", description="the DFT dataset pre-trained on")
+    target: str = Field("expt_gap_comp", description="the experimental dataset fine-tuned and tested on")
+    pretrain_size: int = Field(100_000, ge=2, description="DFT pre-training samples, at most (capped at the pool)")
+    finetune_sizes: Sizes = Field(default_factory=lambda: [100, 300, 1000, 2000, 4143])
+    methods: Methods = Field(default_factory=lambda: {"full": {}, "heads": {}, "freeze": {"train_last": 2}})
+
+    def check(self, spec: StudySpec) -> None:
+        in_study(spec, "dft_to_expt.source/target", [self.source, self.target])
+        if self.source == self.target:
+            raise ValueError("dft_to_expt: source and target must differ")
+
+    def plan(self, planner: Planner, plan: Plan) -> None:
+        source = without_test_formulas(self.source, self.target)
+        for seed in planner.spec.seeds:
+            pretrain = plan.add(planner.pretrain(source, self.pretrain_size, seed), self.number)
+            planner.transfer(plan, self.number, pretrain, self.target, self.finetune_sizes, self.methods, seed)
+
+    def formula_exclusions(self) -> list[tuple[str, str]]:
+        return [(self.source, self.target)]
