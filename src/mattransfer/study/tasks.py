@@ -70,12 +70,13 @@ class Task:
         return cls(**{**raw, "parts": set(raw["parts"]), "notes": set(raw["notes"])})
 
 
-# Options added since TASK_FORMAT 1, at their defaults: left out of a task's hash, so that the tasks of a
-# study run before they existed keep their hashes, and their finished results.
+# Options added since TASK_FORMAT 1, at the values that compute what was computed before them (their defaults
+# but for clip_to_train_range, on since): left out of a task's hash, so that the tasks of a study run before
+# they existed keep their hashes, and their finished results.
 NEW_DEFAULTS: dict[str, Any] = {
     "input_norm": False,  # model.head
     "schedule": "constant", "warmup_epochs": 0, "plateau_factor": 0.5, "plateau_patience": 10,  # training
-    "target_transform": "none",
+    "target_transform": "none", "clip_to_train_range": False,
 }
 
 
