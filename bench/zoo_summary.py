@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from recipe import recipe  # bench/recipe.py, beside this script
+
 KEYS = ["encoder", "method", "pooling", "head", "target", "n"]
 
 
@@ -56,7 +58,8 @@ def wide(table: pd.DataFrame) -> str:
 def read(path: Path) -> pd.DataFrame:
     frame = pd.read_csv(path)
     if "recipe" in frame:  # bench/recipe.py: in-house CGCNN from scratch
-        frame = frame.assign(encoder="cgcnn (" + frame["recipe"] + ")", method="scratch", pooling="mean")
+        frame = frame.assign(encoder="cgcnn (" + frame["recipe"] + ")", method="scratch",
+                             pooling=frame["recipe"].map(recipe_pooling))
     if "n_features" in frame:  # mattransfer baseline: a feature model, no transfer
         # kernel ridge reads a frozen encoder's embeddings (column ``features``: its name), trees matminer features
         inputs = frame["features"] if "features" in frame else "features"
@@ -65,6 +68,11 @@ def read(path: Path) -> pd.DataFrame:
     frame["head"] = frame["head"].fillna("plain") if "head" in frame else "plain"  # rows from before the column
     return frame[["target", "n", "seed", "encoder", "method", "pooling", "head", "test_mae", "n_test", "unit",
                   "wall_s"]]
+
+
+def recipe_pooling(name: str) -> str:
+    """The readout of a bench/recipe.py recipe (``a+b`` combined): the encoder's default but where it says."""
+    return recipe(name).get("model", {}).get("encoder", {}).get("pooling", "mean")
 
 
 def main() -> None:
