@@ -41,7 +41,8 @@ def test_checkpoint_round_trip_plain(pretrained, volume_batch, tmp_path):
     _assert_same_state(loaded, pretrained)
     # The standardisation and what it predicts survive; they are the pre-training's, not defaults.
     assert loaded.target == {"dataset": "demo_energy", "name": "energy_per_atom", "unit": "eV/atom",
-                            "transform": "none"}
+                             "transform": "none", "clip": pretrained.target["clip"]}
+    assert loaded.target["clip"][0] < loaded.target["clip"][1]  # the pre-training's range, clipped by default
     assert torch.equal(loaded.target_mean, pretrained.target_mean) and float(loaded.target_mean) != 0.0
     assert torch.equal(loaded.target_std, pretrained.target_std) and float(loaded.target_std) != 1.0
     assert loaded.graphs == pretrained.graphs
@@ -62,7 +63,7 @@ def test_checkpoint_round_trip_lora(pretrained, finetune, volume_batch, tmp_path
     _assert_same_state(loaded, model)
     assert loaded.lora == {"rank": 2, "alpha": 4.0}
     assert loaded.target == model.target == {"dataset": "demo_volume", "name": "volume_per_atom", "unit": "A^3/atom",
-                                               "transform": "none"}
+                                               "transform": "none", "clip": model.target["clip"]}
     assert torch.equal(loaded.target_mean, model.target_mean)
     assert torch.equal(loaded.target_std, model.target_std)
     # Freezing belongs to a run, not to weights: a loaded model starts unfrozen, LoRA bases excepted.
