@@ -97,6 +97,26 @@ def test_composition_encoders_train_and_freeze_keeps_all_but_the_last_k_layers(c
     assert metrics["test"]["mae"] > 0
 
 
+@pytest.mark.parametrize("encoder", [ELEMNET, {"name": "magpie-mlp", "widths": [16, 8]}], ids=["elemnet", "magpie"])
+def test_lora_on_a_composition_encoder_leaves_its_base_weights_bit_identical(comp_sources, tmp_path, encoder):
+    """``lora`` wraps every MLP layer; the pre-trained weights (and the Magpie input norm's running
+    statistics) stay bit-identical while the adapters and the new head train."""
+    _train(tmp_path, "dft", comp_sources, {"dataset": "bandgap_comp"}, model={"encoder": encoder})
+    source = TransferModel.load(tmp_path / "dft" / "model.ckpt").encoder.state_dict()
+    _train(tmp_path, "lora", comp_sources, {"dataset": "expt_gap_comp"},
+           finetune={"method": "lora", "read_from": str(tmp_path / "dft" / "model.ckpt"),
+                     "config": {"rank": 2, "alpha": 4.0}, "allow_test_overlap": True})
+    tuned = TransferModel.load(tmp_path / "lora" / "model.ckpt")
+    after = tuned.encoder.state_dict()
+    adapted = [k for k in after if k.endswith("lora_b")]
+    assert len(adapted) == len(tuned.encoder.layers)  # one adapter per hidden layer
+    assert all(torch.count_nonzero(after[k]) > 0 for k in adapted)  # B starts at zero: it trained
+    base = {k.replace(".base.", "."): v for k, v in after.items() if "lora_" not in k}
+    assert base.keys() == source.keys()
+    for key, value in source.items():
+        assert torch.equal(base[key], value), f"{key} changed under lora"
+
+
 def test_a_composition_encoder_reads_the_compositions_of_structures(tmp_path):
     metrics = _train(tmp_path, "demo", None, {"dataset": "demo_energy", "n_samples": 60},
                      model={"encoder": ELEMNET})
