@@ -188,13 +188,16 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     encoders = list(dict.fromkeys(summary["encoder"]))
-    fig, axes = plt.subplots(1, len(encoders), figsize=(5 * len(encoders), 4), squeeze=False, sharey=True)
+    methods = sorted(set(summary["method"]) - {"dft-own", "zero-shot"})
+    colors = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 2))  # one colour a method in every panel
+    fig, axes = plt.subplots(1, len(encoders), figsize=(5 * len(encoders), 4), squeeze=False, sharey=True, sharex=True)
     for ax, encoder in zip(axes[0], encoders):
         rows = summary[summary["encoder"] == encoder]
         curves = rows[~rows["method"].isin(["dft-own", "zero-shot"])].copy()
         for method, group in curves.groupby("method"):
             group = group.sort_values("n_samples")
-            ax.errorbar(group["n_samples"], group["mae_mean"], yerr=group["mae_std"], marker="o", capsize=3, label=method)
+            ax.errorbar(group["n_samples"], group["mae_mean"], yerr=group["mae_std"], marker="o", capsize=3, label=method,
+                        color=colors[method])
         zero = rows[rows["method"] == "zero-shot"]
         if len(zero):
             ax.axhline(float(zero["mae_mean"].iloc[0]), color="grey", linestyle="--", label="DFT model, zero-shot")
@@ -202,7 +205,8 @@ def plot(summary: pd.DataFrame, path: Path) -> None:
         ax.set_xlabel("experimental samples (train + validation)")
         ax.set_title(encoder)
     axes[0][0].set_ylabel("test MAE on expt_gap_comp's fixed test set (eV)")
-    axes[0][-1].legend(fontsize=8)
+    for ax in axes[0]:  # each panel its own methods
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
