@@ -141,6 +141,9 @@ def markdown(summary: pd.DataFrame) -> str:
         spread = f" ± {row.mae_std:.3f}" if row.n_seeds > 1 else ""
         return f"{row.mae_mean:.3f}{spread}"
 
+    def number(value) -> str:  # "" where the summary has none (the DFT model's rows, single runs)
+        return "" if value in ("", None) or pd.isna(value) else f"{float(value):.3f}"
+
     def paired(row) -> str:
         return "" if row.p_vs_scratch in ("", None) or pd.isna(row.p_vs_scratch) else \
             f"{float(row.delta_vs_scratch):+.3f} (p = {float(row.p_vs_scratch):.2g})"
@@ -173,10 +176,8 @@ def markdown(summary: pd.DataFrame) -> str:
     trained = summary[~summary["method"].isin(["dft-own"])].copy()
     trained["order"] = [order.get(str(n), 9) for n in trained["n"]]
     for row in trained.sort_values(["encoder", "order", "method"]).itertuples():
-        ensemble = "" if row.ensemble_mae in ("", None) or pd.isna(row.ensemble_mae) else f"{float(row.ensemble_mae):.3f}"
-        val = "" if row.val_mae_mean in ("", None) or pd.isna(row.val_mae_mean) else f"{float(row.val_mae_mean):.3f}"
-        lines.append(f"| {row.encoder} | {row.method} | {row.n} | {row.n_samples} | {row.n_seeds} | {val} | {cell(row)} |"
-                     f" {ensemble} | {row.n_test} | {paired(row)} |")
+        lines.append(f"| {row.encoder} | {row.method} | {row.n} | {row.n_samples} | {row.n_seeds} | {number(row.val_mae_mean)} |"
+                     f" {cell(row)} | {number(row.ensemble_mae)} | {row.n_test} | {paired(row)} |")
     return "\n".join(lines) + "\n"
 
 

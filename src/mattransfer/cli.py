@@ -505,8 +505,8 @@ def _select(args: argparse.Namespace) -> None:
 def _matbench(args: argparse.Namespace) -> None:
     from mattransfer.matbench import run_matbench
 
-    overrides = {k: v for k, v in (("device", args.device), ("threads", args.threads),
-                                                         ("seed", args.seed)) if v is not None}
+    given = (("device", args.device), ("threads", args.threads), ("seed", args.seed))
+    overrides = {k: v for k, v in given if v is not None}
     results = run_matbench(args.task, args.options, args.out, baseline=args.baseline, folds=args.folds,
                            data_sources=args.data_sources, overrides=overrides, command="mattransfer " + shlex.join(args.argv),
                            progress=not args.quiet)
