@@ -1,7 +1,7 @@
 """Training-step time of the composition encoders on one CPU thread: batches of 256 random formulas (2-5
 elements), forward + backward + Adam step, and what that makes per epoch of 85,537 formulas (bandgap_comp's
 training split). ElemNet at the paper's widths (1024 → 32) and at a quarter of them (256 → 32, the one the
-DFT → experiment runs use), and the Magpie MLP.
+DFT → experiment runs use), the Magpie MLP, and the element-attention model (d 128, 3 layers; d 64, 2 layers).
 
     OMP_NUM_THREADS=1 python bench/composition_speed.py
 """
@@ -13,6 +13,7 @@ import time
 import torch
 
 from mattransfer.graphs.composition import N_ELEMENTS, CompositionStore
+from mattransfer.models.encoders.element_attention import ElementAttention
 from mattransfer.models.encoders.elemnet import ELEMNET_WIDTHS, ElemNet
 from mattransfer.models.encoders.magpie_mlp import MagpieMLP
 
@@ -49,7 +50,10 @@ def main() -> None:
     store = random_store(BATCH * (STEPS + 1))
     for name, encoder in [("elemnet (1024 → 32, the paper's)", ElemNet(ElemNet.Config())),
                           ("elemnet (256 → 32, a quarter)", ElemNet(ElemNet.Config(widths=QUARTER))),
-                          ("magpie-mlp (512-512-256-128)", MagpieMLP(MagpieMLP.Config()))]:
+                          ("magpie-mlp (512-512-256-128)", MagpieMLP(MagpieMLP.Config())),
+                          ("element-attention (d 128, 3 layers)", ElementAttention(ElementAttention.Config())),
+                          ("element-attention (d 64, 2 layers)",
+                           ElementAttention(ElementAttention.Config(dim=64, layers=2, ff_dim=128)))]:
         seconds = step_seconds(encoder, store)
         params = sum(p.numel() for p in encoder.parameters())
         print(f"{name}: {params:,} weights, {1000 * seconds:.0f} ms per batch of {BATCH},"

@@ -26,12 +26,16 @@ def model_name(run_dir: Path) -> str:
     if metrics.get("features"):
         return f"features + {metrics['method']}"
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    base_seed = config["seed"] - int(run_dir.name.split("_")[1])  # fold K runs with the command's seed + K
+    seed = f", seed {base_seed}" if base_seed else ""
     finetune = config.get("finetune")
     if finetune:
-        return f"{finetune['read_from']} `{finetune['method']}`"
+        train_last = (finetune.get("config") or {}).get("train_last")
+        method = f"{finetune['method']}-{train_last}" if finetune["method"] == "freeze" and train_last else finetune["method"]
+        return f"{finetune['read_from']} `{method}`{seed}"
     encoder = dict(config["model"]["encoder"])
     name = encoder.pop("name")
-    return f"{name} (scratch; {', '.join(f'{k} {v}' for k, v in encoder.items() if not isinstance(v, (list, dict)))})"
+    return f"{name} (scratch; {', '.join(f'{k} {v}' for k, v in encoder.items() if not isinstance(v, (list, dict)))}{seed})"
 
 
 def row(results: Path) -> tuple[str, str, str]:

@@ -20,6 +20,7 @@ from mattransfer.data.splits import fixed_test_ids
 from mattransfer.data.table import composition_key
 from mattransfer.graphs.composition import N_ELEMENTS, ElementFractions
 from mattransfer.graphs.inputs import cached_inputs
+from mattransfer.models.encoders.element_attention import fraction_encoding
 from mattransfer.models.encoders.magpie_mlp import magpie_statistics, magpie_table
 from mattransfer.models.model import TransferModel
 
@@ -95,6 +96,48 @@ def test_composition_encoders_train_and_freeze_keeps_all_but_the_last_k_layers(c
     metrics = _train(tmp_path, "magpie", comp_sources, {"dataset": "expt_gap_comp"},
                      model={"encoder": {"name": "magpie-mlp", "widths": [16, 8]}})
     assert metrics["test"]["mae"] > 0
+
+
+@pytest.mark.parametrize("encoder", [ELEMNET, {"name": "magpie-mlp", "widths": [16, 8]}], ids=["elemnet", "magpie"])
+def test_lora_on_a_composition_encoder_leaves_its_base_weights_bit_identical(comp_sources, tmp_path, encoder):
+    """``lora`` wraps every MLP layer; the pre-trained weights (and the Magpie input norm's running
+    statistics) stay bit-identical while the adapters and the new head train."""
+    _train(tmp_path, "dft", comp_sources, {"dataset": "bandgap_comp"}, model={"encoder": encoder})
+    source = TransferModel.load(tmp_path / "dft" / "model.ckpt").encoder.state_dict()
+    _train(tmp_path, "lora", comp_sources, {"dataset": "expt_gap_comp"},
+           finetune={"method": "lora", "read_from": str(tmp_path / "dft" / "model.ckpt"),
+                     "config": {"rank": 2, "alpha": 4.0}, "allow_test_overlap": True})
+    tuned = TransferModel.load(tmp_path / "lora" / "model.ckpt")
+    after = tuned.encoder.state_dict()
+    adapted = [k for k in after if k.endswith("lora_b")]
+    assert len(adapted) == len(tuned.encoder.layers)  # one adapter per hidden layer
+    assert all(torch.count_nonzero(after[k]) > 0 for k in adapted)  # B starts at zero: it trained
+    base = {k.replace(".base.", "."): v for k, v in after.items() if "lora_" not in k}
+    assert base.keys() == source.keys()
+    for key, value in source.items():
+        assert torch.equal(base[key], value), f"{key} changed under lora"
+
+
+def test_element_attention_trains_and_a_formula_vector_ignores_its_batch_mates(comp_sources, tmp_path):
+    metrics = _train(tmp_path, "attention", comp_sources, {"dataset": "expt_gap_comp"},
+                     model={"encoder": {"name": "element-attention", "dim": 16, "layers": 2, "heads": 2, "ff_dim": 32}})
+    assert np.isfinite(metrics["test"]["mae"]) and metrics["n_trainable"] > 0
+    encoder = TransferModel.load(tmp_path / "attention" / "model.ckpt").encoder.eval()
+    assert encoder.blocks() == ["tokens", "layers.0", "layers.1", "norm"]
+    store = cached_inputs(DataSources.from_yaml(comp_sources).load("expt_gap_comp"), ElementFractions(), progress=False)
+    n_elements = (store.x > 0).sum(1)
+    short, long = int(n_elements.argmin()), int(n_elements.argmax())
+    assert n_elements[short] < n_elements[long]  # the pair's batch pads the short formula
+    with torch.no_grad():
+        together = encoder(store.batch(torch.tensor([short, long])))
+        alone = encoder(store.batch(torch.tensor([short])))
+    torch.testing.assert_close(together[0], alone[0], rtol=1e-5, atol=1e-5)
+
+
+def test_fraction_encoding_tells_small_fractions_apart():
+    encoded = fraction_encoding(torch.tensor([0.001, 0.002, 0.5, 1.0]), 16)
+    assert encoded.shape == (4, 16)
+    assert (encoded[0] - encoded[1]).norm() > 0.1  # the log half separates a dopant's 0.1 % from 0.2 %
 
 
 def test_a_composition_encoder_reads_the_compositions_of_structures(tmp_path):

@@ -202,3 +202,22 @@ def test_baseline_with_an_options_file_is_a_one_line_error(tmp_path, capsys):
                  "--out", str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "--baseline" in error and str(options) in error
+
+
+def test_seed_override_and_a_seed_ensemble_of_two_results_directories(fold0, tmp_path):
+    """`--seed` reseeds every fold (fold K: seed + K); bench/matbench_ensemble.py scores the members' mean."""
+    import importlib.util
+
+    out = tmp_path / "seed7"
+    assert main(["--threads", "1", "-q", "matbench", "matbench_phonons", "--options", str(_options(tmp_path)),
+                 "--out", str(out), "--folds", "0", "--seed", "7"]) == 0
+    assert yaml.safe_load((out / "fold_0" / "config.yaml").read_text())["seed"] == 7
+    spec = importlib.util.spec_from_file_location("matbench_ensemble", Path(__file__).parents[1] / "bench" / "matbench_ensemble.py")
+    ensemble = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ensemble)
+    scores = ensemble.fold_scores([fold0, out])
+    a, b = (FoldResult.read(0, d / "fold_0").predictions.set_index("id").sort_index() for d in (fold0, out))
+    assert not np.allclose(a["y_pred"], b["y_pred"])  # another seed, another model
+    expected = ((a["y_pred"] + b["y_pred"]) / 2 - a["y_true"]).abs().mean()
+    assert list(scores["fold"]) == [0] and scores["ensemble_mae"][0] == pytest.approx(expected)
+    assert scores["members_mae"][0] == pytest.approx([a.y_pred.sub(a.y_true).abs().mean(), b.y_pred.sub(b.y_true).abs().mean()])

@@ -179,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                             " (default: the options' data_sources, else"
                                                             " $MATTRANSFER_DATA_SOURCES; none: matbench downloads it)")
     matbench.add_argument("--device", help="override device: auto, cpu, cuda, cuda:1 …")
+    matbench.add_argument("--seed", type=int, help="override the options' seed (fold K runs with seed + K): the"
+                                                   " members of a seed ensemble, one results directory each")
     matbench.set_defaults(handler=_matbench)
 
     report = commands.add_parser("report", help="write the study's Markdown/HTML report with figures")
@@ -503,7 +505,8 @@ def _select(args: argparse.Namespace) -> None:
 def _matbench(args: argparse.Namespace) -> None:
     from mattransfer.matbench import run_matbench
 
-    overrides = {k: v for k, v in (("device", args.device), ("threads", args.threads)) if v is not None}
+    given = (("device", args.device), ("threads", args.threads), ("seed", args.seed))
+    overrides = {k: v for k, v in given if v is not None}
     results = run_matbench(args.task, args.options, args.out, baseline=args.baseline, folds=args.folds,
                            data_sources=args.data_sources, overrides=overrides, command="mattransfer " + shlex.join(args.argv),
                            progress=not args.quiet)

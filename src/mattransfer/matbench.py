@@ -171,7 +171,7 @@ def run_matbench(task_name: str, options: Path | None, out: Path, *, baseline: s
     fold finished there, and return those folds' results.
 
     ``baseline``: a feature model of `training.baselines` (extra_trees, hist_gb, hist_gb_l1) instead of the options'
-    network; it takes no options file. ``overrides``: options the command line gives (device, threads), over
+    network; it takes no options file. ``overrides``: options the command line gives (device, threads, seed), over
     the options file's.
     """
     task = task_of(task_name)
