@@ -629,3 +629,56 @@ def test_dft_to_expt_pretrains_without_the_target_test_compositions(tmp_path):
     assert "## DFT → experiment" in text and "DFT → experiment (demo_volume, n_test 30)" in text
     assert "Part 1 — relations between datasets | 0 | 0 | 0 | 0 | not in this study" in text
 
+
+
+# Several settings of one method under labels, and the DFT → experiment preset's plan
+
+
+def _planned(study: StudySpec, pools: dict[str, int]):
+    """``study``'s plan over stand-in prepared data of the given pool sizes (no data read, nothing trained)."""
+    data = {k: PreparedData(k, "y", "u", f"fp-{k}", 1000, pool, Path("/nowhere"), RadiusGraph(GraphSettings()))
+            for k, pool in pools.items()}
+    return Planner(study, data).plan()
+
+
+def test_labels_give_several_settings_of_one_method_hashed_as_the_method_alone():
+    from mattransfer.study.worker import job_of
+
+    pools = {"demo_energy": 270, "demo_volume": 270}
+    sweep = {"heads": {}, "freeze-1": {"method": "freeze", "train_last": 1}, "freeze-2": {"method": "freeze",
+                                                                                          "train_last": 2}}
+    labelled = spec(part1={"methods": sweep, "baselines": []}, part4={"enabled": False})
+    tasks = [t for t in _planned(labelled, pools) if t.kind == "finetune" and t.source]
+    assert {t.method for t in tasks} == set(sweep)
+    freeze = [t for t in tasks if t.method.startswith("freeze")]
+    assert {t.runs for t in freeze} == {"freeze"} and all("method" not in t.options for t in freeze)
+    assert {t.options["train_last"] for t in freeze} == {1, 2}
+    assert freeze[0].describe().startswith(freeze[0].method + " ")
+    assert job_of(freeze[0], labelled).method == "freeze"
+    # A label changes no result: freeze-1's tasks are those of `freeze: {train_last: 1}`, results and all.
+    plain = spec(part1={"methods": {"freeze": {"train_last": 1}}, "baselines": []}, part4={"enabled": False})
+    assert ({t.hash for t in _planned(plain, pools) if t.method == "freeze"}
+            == {t.hash for t in freeze if t.method == "freeze-1"})
+    # ... so one fine-tune under two labels (here in two parts) is an error naming both.
+    twice = spec(part1={"methods": {"f1": {"method": "freeze", "train_last": 1}}, "baselines": []},
+                 part4={**TINY["part4"], "methods": {"freeze": {"train_last": 1}}})
+    with pytest.raises(ConfigError, match="'f1'"):
+        _planned(twice, pools)
+
+
+@pytest.mark.parametrize("methods, words", [
+    ({"freeze-1": {"method": "frezze", "train_last": 1}}, ["'freeze-1'", "unknown method 'frezze'"]),
+    ({"heads": {"method": "freeze", "train_last": 1}}, ["'heads' is the name of a method", "'freeze'"]),
+    ({"a": {"method": "freeze", "train_last": 1}, "b": {"method": "freeze", "train_last": 1}}, ["'a' and 'b'"]),
+    ({"freeze-1": {"method": "freeze", "train_last": -1}}, ["options of 'freeze-1'"]),
+    ({"zero-shot": {"method": "heads"}}, ["'zero-shot'"]),
+    ({"mine": {"method": "scratch"}}, ["scratch baselines are always run"]),
+])
+def test_a_bad_label_is_a_one_line_error_naming_it(tmp_path, methods, words):
+    path = tmp_path / "study.yaml"
+    path.write_text(json.dumps({**TINY, "part1": {"methods": methods}}))
+    with pytest.raises(ConfigError) as info:
+        load_spec(path)
+    message = str(info.value)
+    assert "part1.methods" in message and all(w in message for w in words), message
+    assert message.count("\n") <= 1, message
