@@ -634,10 +634,11 @@ def test_dft_to_expt_pretrains_without_the_target_test_compositions(tmp_path):
 # Several settings of one method under labels, and the DFT → experiment preset's plan
 
 
-def _planned(study: StudySpec, pools: dict[str, int]):
-    """``study``'s plan over stand-in prepared data of the given pool sizes (no data read, nothing trained)."""
-    data = {k: PreparedData(k, "y", "u", f"fp-{k}", 1000, pool, Path("/nowhere"), RadiusGraph(GraphSettings()))
-            for k, pool in pools.items()}
+def _planned(study: StudySpec, pools: dict[str, int], units: dict[str, str] | None = None):
+    """``study``'s plan over stand-in prepared data of the given pool sizes and units (no data read, nothing
+    trained)."""
+    data = {k: PreparedData(k, "y", (units or {}).get(k, "u"), f"fp-{k}", 1000, pool, Path("/nowhere"),
+                            RadiusGraph(GraphSettings())) for k, pool in pools.items()}
     return Planner(study, data).plan()
 
 
@@ -705,3 +706,18 @@ def test_the_dft_to_expt_preset_sweeps_freeze_and_keeps_the_tasks_it_planned_bef
     zero = [t for t in new if t.kind == "zero-shot"]
     assert {(t.seed, t.pretrain, t.size, t.dataset) for t in zero} == {(s, h, 0, "expt_gap_comp")
                                                                        for s, h in pretrains.items()}
+
+
+def test_part1_zero_shot_tests_each_source_on_the_targets_of_its_unit():
+    pools = {"bandgap": 30000, "expt_gap": 2000, "eform": 30000}
+    units = {"bandgap": "eV", "expt_gap": "eV", "eform": "eV/atom"}
+    base = {"datasets": list(pools), "seeds": [0, 1], "finetune_sizes": [100], "part1": {"methods": ["heads"],
+            "baselines": [], "zero_shot": True}, **{f"part{k}": {"enabled": False} for k in (2, 3, 4)}}
+    plan = _planned(StudySpec.model_validate(base), pools, units)
+    zero = [t for t in plan if t.kind == "zero-shot"]
+    pretrains = {(t.dataset, t.seed): t.hash for t in plan if t.kind == "pretrain"}
+    assert sorted((t.source, t.dataset, t.seed) for t in zero) == [
+        ("bandgap", "expt_gap", 0), ("bandgap", "expt_gap", 1), ("expt_gap", "bandgap", 0), ("expt_gap", "bandgap", 1)]
+    assert all(t.pretrain == pretrains[t.source, t.seed] and t.parts == {1} for t in zero)
+    off = _planned(StudySpec.model_validate({**base, "part1": {**base["part1"], "zero_shot": False}}), pools, units)
+    assert {t.hash for t in plan} - {t.hash for t in zero} == {t.hash for t in off}

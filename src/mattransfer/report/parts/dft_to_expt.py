@@ -22,9 +22,7 @@ def write(doc: tx.Document, context: Context) -> list[str]:
     doc.text(*_exclusions(context.study_dir))
     results = context.results
     done = results[(results["part"] == context.number(PART)) & (results["status"] == "done")]
-    shots = done[done["kind"] == "zero-shot"]
-    zero = an.mae_stats(shots, ["source", "target"]).merge(
-        shots.groupby(["source", "target"], as_index=False)["n_test"].max(), on=["source", "target"])
+    zero = an.zero_shot_stats(results, context.number(PART))
     answers = [f"DFT → experiment: the DFT model ({r.source}) without fine-tuning (zero-shot) on {r.target}'s test "
                f"set (n_test {tx.n(r.n_test)}): MAE {tx.pm(r.mae_mean, r.mae_std)} {r.unit} over {r.n_seeds} seed(s)."
                for r in zero.itertuples()]
