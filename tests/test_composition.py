@@ -198,3 +198,55 @@ def test_element_fractions_are_cached_and_magpie_statistics_match_matminer(comp_
     # matminer orders by property, then statistic; ours by statistic, then property.
     theirs = np.array([preset.featurize(c) for c in table.compositions[:3]]).reshape(3, 22, 6).transpose(0, 2, 1)
     np.testing.assert_allclose(ours, theirs.reshape(3, -1), rtol=1e-4, atol=1e-3)
+
+
+def test_the_dft_to_expt_study_tests_the_dft_model_zero_shot_and_counts_the_rows_removed(comp_sources, tmp_path):
+    """The DFT → experiment part on composition files: a freeze sweep under labels, the DFT model tested as
+    it is on the experimental test set (zero-shot: the fine-tunes' test ids, n_train 0, the MAE of the
+    checkpoint's own predictions) and the DFT rows removed for that test set, in a file and in the report."""
+    from mattransfer.report import write_report
+    from mattransfer.study import StudySpec, run_study
+    from mattransfer.training.job import predict_structures
+
+    sweep = {"heads": {}, "freeze-1": {"method": "freeze", "train_last": 1},
+             "freeze-2": {"method": "freeze", "train_last": 2}}
+    study = StudySpec.model_validate({
+        "datasets": ["bandgap_comp", "expt_gap_comp"], "data_sources": str(comp_sources), "seeds": [0],
+        "device": "cpu", "model": {"encoder": ELEMNET, "head": {"hidden": [8]}}, "pretrain": TRAINING,
+        "finetune": TRAINING, **{f"part{k}": {"enabled": False} for k in range(1, 5)},
+        "dft_to_expt": {"enabled": True, "pretrain_size": 150, "finetune_sizes": [40], "methods": sweep,
+                        "zero_shot": True}})
+    summary = run_study(study, tmp_path, workers=1, progress=False)
+    assert summary["tasks"] == summary["done"] == 1 + 1 + 1 + 3  # pre-training, zero-shot, scratch, sweep
+
+    results = pd.read_csv(tmp_path / "results.csv", dtype={"task_hash": str})
+    tuned = results[results["kind"] == "finetune"]
+    assert set(tuned["method"]) == {"scratch", *sweep}
+    (zero,) = results[results["kind"] == "zero-shot"].itertuples()
+    assert (zero.method, zero.n_train, zero.n_val, zero.finetune_size, zero.test_same_formula) == ("zero-shot", 0, 0,
+                                                                                                    0, 0)
+    assert zero.n_test == tuned["n_test"].iloc[0] == 12
+    test_ids = [list(pd.read_csv(tmp_path / "tasks" / h / "test_predictions.csv")["id"])
+                for h in (zero.task_hash, tuned["task_hash"].iloc[0])]
+    assert test_ids[0] == test_ids[1]
+    # Its MAE is the pre-trained checkpoint's, as it is, on those rows.
+    pretrain = results.loc[results["kind"] == "pretrain", "task_hash"].iloc[0]
+    model = TransferModel.load(tmp_path / "tasks" / pretrain / "model.ckpt")
+    expt = DataSources.from_yaml(comp_sources).load("expt_gap_comp").subset(test_ids[0])
+    assert zero.test_mae == pytest.approx(np.abs(predict_structures(model, expt) - expt.y).mean(), rel=1e-5)
+    # The two freeze settings trained different parts of the encoder (5 blocks: the last 1, the last 2).
+    trainable = {m: json.loads((tmp_path / "tasks" / h / "result.json").read_text())["n_trainable"]
+                 for m, h in zip(tuned["method"], tuned["task_hash"])}
+    assert trainable["heads"] < trainable["freeze-1"] < trainable["freeze-2"] < trainable["scratch"]
+
+    # The DFT rows removed: those whose element fractions are of an experimental test row.
+    sources = DataSources.from_yaml(comp_sources)
+    test = {composition_key(c) for c in sources.load("expt_gap_comp").subset(test_ids[0]).row_compositions()}
+    removed = sum(composition_key(c) in test for c in sources.load("bandgap_comp").row_compositions())
+    (counted,) = json.loads((tmp_path / "formula_exclusions.json").read_text()).values()
+    assert removed > 0 and counted == {"source": "bandgap_comp", "target": "expt_gap_comp", "target_test_rows": 12,
+                                       "rows": 300, "removed": removed, "kept": 300 - removed}
+    text = write_report(tmp_path).read_text()
+    assert f"bandgap_comp (300 rows) lost {removed} rows" in text
+    assert f"without fine-tuning (zero-shot) on expt_gap_comp's test set (n_test 12): MAE {zero.test_mae:.4g}" in text
+    assert "MAE freeze-1" in text and "MAE freeze-2" in text

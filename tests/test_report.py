@@ -15,6 +15,7 @@ from scipy import stats
 from mattransfer.data.table import PropertyTable
 from mattransfer.report import write_report
 from mattransfer.report import analysis as an
+from mattransfer.report import text as tx
 from mattransfer.report.parts import SECTIONS
 from mattransfer.study.relatedness import COLUMNS, property_relatedness
 from mattransfer.study.results import COLUMNS as SCHEMA
@@ -352,3 +353,15 @@ def test_a_broken_scratch_baseline_is_flagged_not_divided_by(tmp_path):
     assert "| phonons | 900 | 0 |" in text and "scratch at n = 500 (R² 0.80)" in text
     assert "Left out: the Part 2 curves of phonons" in text
     assert "| gvrh → phonons | full | 1,000 → 9,000 |" not in text and "| gvrh → dielectric | full |" in text
+
+
+def test_part1_zero_shot_rows_are_tabled_beside_scratch(tmp_path):
+    maes = [70.0, 72.0, 74.0]
+    zero = [row(part=1, kind="zero-shot", source="gvrh", target="phonons", method="zero-shot", seed=seed,
+                finetune_size=0, n_train=0, n_val=0, test_mae=mae) for seed, mae in zip(SEEDS, maes)]
+    frame = pd.concat([synthetic_results(parts=(1,)), pd.DataFrame(zero, columns=SCHEMA).astype(DTYPES)])
+    frame.to_parquet(tmp_path / "results.parquet")
+    text = write_report(tmp_path).read_text()
+    scratch = pd.Series([scratch_mae("phonons", 500, seed) for seed in SEEDS])
+    assert "### Sources without fine-tuning (zero-shot)" in text
+    assert f"| gvrh → phonons | 200 | 72 ± 2 | 3 | {tx.pm(scratch.mean(), scratch.std())} (n = 500) |" in text

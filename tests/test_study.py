@@ -629,3 +629,95 @@ def test_dft_to_expt_pretrains_without_the_target_test_compositions(tmp_path):
     assert "## DFT → experiment" in text and "DFT → experiment (demo_volume, n_test 30)" in text
     assert "Part 1 — relations between datasets | 0 | 0 | 0 | 0 | not in this study" in text
 
+
+
+# Several settings of one method under labels, and the DFT → experiment preset's plan
+
+
+def _planned(study: StudySpec, pools: dict[str, int], units: dict[str, str] | None = None):
+    """``study``'s plan over stand-in prepared data of the given pool sizes and units (no data read, nothing
+    trained)."""
+    data = {k: PreparedData(k, "y", (units or {}).get(k, "u"), f"fp-{k}", 1000, pool, Path("/nowhere"),
+                            RadiusGraph(GraphSettings())) for k, pool in pools.items()}
+    return Planner(study, data).plan()
+
+
+def test_labels_give_several_settings_of_one_method_hashed_as_the_method_alone():
+    from mattransfer.study.worker import job_of
+
+    pools = {"demo_energy": 270, "demo_volume": 270}
+    sweep = {"heads": {}, "freeze-1": {"method": "freeze", "train_last": 1}, "freeze-2": {"method": "freeze",
+                                                                                          "train_last": 2}}
+    labelled = spec(part1={"methods": sweep, "baselines": []}, part4={"enabled": False})
+    tasks = [t for t in _planned(labelled, pools) if t.kind == "finetune" and t.source]
+    assert {t.method for t in tasks} == set(sweep)
+    freeze = [t for t in tasks if t.method.startswith("freeze")]
+    assert {t.runs for t in freeze} == {"freeze"} and all("method" not in t.options for t in freeze)
+    assert {t.options["train_last"] for t in freeze} == {1, 2}
+    assert freeze[0].describe().startswith(freeze[0].method + " ")
+    assert job_of(freeze[0], labelled).method == "freeze"
+    # A label changes no result: freeze-1's tasks are those of `freeze: {train_last: 1}`, results and all.
+    plain = spec(part1={"methods": {"freeze": {"train_last": 1}}, "baselines": []}, part4={"enabled": False})
+    assert ({t.hash for t in _planned(plain, pools) if t.method == "freeze"}
+            == {t.hash for t in freeze if t.method == "freeze-1"})
+    # ... so one fine-tune under two labels (here in two parts) is an error naming both.
+    twice = spec(part1={"methods": {"f1": {"method": "freeze", "train_last": 1}}, "baselines": []},
+                 part4={**TINY["part4"], "methods": {"freeze": {"train_last": 1}}})
+    with pytest.raises(ConfigError, match="'f1'"):
+        _planned(twice, pools)
+
+
+@pytest.mark.parametrize("methods, words", [
+    ({"freeze-1": {"method": "frezze", "train_last": 1}}, ["'freeze-1'", "unknown method 'frezze'"]),
+    ({"heads": {"method": "freeze", "train_last": 1}}, ["'heads' is the name of a method", "'freeze'"]),
+    ({"a": {"method": "freeze", "train_last": 1}, "b": {"method": "freeze", "train_last": 1}}, ["'a' and 'b'"]),
+    ({"freeze-1": {"method": "freeze", "train_last": -1}}, ["options of 'freeze-1'"]),
+    ({"zero-shot": {"method": "heads"}}, ["'zero-shot'"]),
+    ({"mine": {"method": "scratch"}}, ["scratch baselines are always run"]),
+])
+def test_a_bad_label_is_a_one_line_error_naming_it(tmp_path, methods, words):
+    path = tmp_path / "study.yaml"
+    path.write_text(json.dumps({**TINY, "part1": {"methods": methods}}))
+    with pytest.raises(ConfigError) as info:
+        load_spec(path)
+    message = str(info.value)
+    assert "part1.methods" in message and all(w in message for w in words), message
+    assert message.count("\n") <= 1, message
+
+
+def test_the_dft_to_expt_preset_sweeps_freeze_and_keeps_the_tasks_it_planned_before():
+    """The preset's freeze sweep (k = 1, 2, 4 of the Magpie MLP's 5 blocks) and zero-shot rows are new tasks; its
+    earlier methods (full, heads, freeze k=2) plan what the preset planned before labels (commit 027cd7e, by
+    count and digest), and the sweep's freeze-2 is that freeze: a study run before resumes with them."""
+    pools = {"bandgap_comp": 95000, "expt_gap_comp": 4143, "bandgap_comp-without-expt_gap_comp-test": 90000}
+    preset = load_spec("dft-to-expt")
+    new = _planned(preset, pools)
+    methods = {"full": {}, "heads": {}, "freeze": {"train_last": 2}}
+    before = preset.model_copy(update={"dft_to_expt": preset.dft_to_expt.model_copy(
+        update={"methods": type(preset.dft_to_expt).model_validate({"methods": methods}).methods, "zero_shot": False})})
+    old = _planned(before, pools)
+    tasks = [[t.hash, sorted(t.parts), t.describe(), sorted(t.notes)] for t in old]
+    assert (len(tasks), hashlib.sha256(json.dumps(tasks).encode()).hexdigest()[:16]) == (63, "f860368199b66539")
+    assert {t.hash for t in old} <= {t.hash for t in new}
+    by_method = pd.Series([t.method for t in new]).value_counts().to_dict()
+    assert by_method == {"scratch": 15, "full": 15, "heads": 15, "freeze-1": 15, "freeze-2": 15, "freeze-4": 15,
+                         "pretrain": 3, "zero-shot": 3}
+    pretrains = {t.seed: t.hash for t in new if t.kind == "pretrain"}
+    zero = [t for t in new if t.kind == "zero-shot"]
+    assert {(t.seed, t.pretrain, t.size, t.dataset) for t in zero} == {(s, h, 0, "expt_gap_comp")
+                                                                       for s, h in pretrains.items()}
+
+
+def test_part1_zero_shot_tests_each_source_on_the_targets_of_its_unit():
+    pools = {"bandgap": 30000, "expt_gap": 2000, "eform": 30000}
+    units = {"bandgap": "eV", "expt_gap": "eV", "eform": "eV/atom"}
+    base = {"datasets": list(pools), "seeds": [0, 1], "finetune_sizes": [100], "part1": {"methods": ["heads"],
+            "baselines": [], "zero_shot": True}, **{f"part{k}": {"enabled": False} for k in (2, 3, 4)}}
+    plan = _planned(StudySpec.model_validate(base), pools, units)
+    zero = [t for t in plan if t.kind == "zero-shot"]
+    pretrains = {(t.dataset, t.seed): t.hash for t in plan if t.kind == "pretrain"}
+    assert sorted((t.source, t.dataset, t.seed) for t in zero) == [
+        ("bandgap", "expt_gap", 0), ("bandgap", "expt_gap", 1), ("expt_gap", "bandgap", 0), ("expt_gap", "bandgap", 1)]
+    assert all(t.pretrain == pretrains[t.source, t.seed] and t.parts == {1} for t in zero)
+    off = _planned(StudySpec.model_validate({**base, "part1": {**base["part1"], "zero_shot": False}}), pools, units)
+    assert {t.hash for t in plan} - {t.hash for t in zero} == {t.hash for t in off}

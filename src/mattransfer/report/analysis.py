@@ -100,6 +100,14 @@ def finetune_rows(results: pd.DataFrame, part: int) -> pd.DataFrame:
     return results[(results["part"] == part) & (results["status"] == "done") & (results["kind"] == "finetune")]
 
 
+def zero_shot_stats(results: pd.DataFrame, part: int) -> pd.DataFrame:
+    """Test MAE over seeds of ``part``'s finished zero-shot rows (a source's model as it is on a target) per
+    (source, target), with the test set's size."""
+    rows = results[(results["part"] == part) & (results["status"] == "done") & (results["kind"] == "zero-shot")]
+    n_test = rows.groupby(["source", "target"], as_index=False)["n_test"].max()
+    return mae_stats(rows, ["source", "target"]).merge(n_test, on=["source", "target"])
+
+
 def paired_p_value(a: pd.Series, b: pd.Series) -> float:
     """Two-sided paired t-test over seeds; NaN with fewer than two pairs or no spread in the differences."""
     if len(a) < 2:

@@ -85,7 +85,8 @@ def prepare_datasets(
     Each dataset is prepared with the study encoder's featurizer, and for each pre-trained model a part
     fine-tunes (Part 1's ``universal``) with that model's (`tasks.data_key`), for the rows its fine-tunes
     use (test set and the largest subset of each seed: subsets are nested). Datasets a part asks for without
-    another's test compositions (`Part.formula_exclusions`) are prepared again under `without_test_formulas`.
+    another's test compositions (`Part.formula_exclusions`) are prepared again under `without_test_formulas`,
+the rows removed counted in ``formula_exclusions.json``.
     Also writes each dataset's fixed test ids and the datasets' property relatedness.
     """
     sources = DataSources.from_yaml(spec.data_sources) if spec.data_sources else DataSources.from_env()
@@ -111,13 +112,19 @@ def prepare_datasets(
                 prepared[data_key(key, name)] = _prepare(used, own, study, data_key(key, name), pool, progress,
                                                          split_ids=table.ids)
         tables[key] = table
+    exclusions = {}
     for source, target in sorted({pair for part in spec.parts() for pair in part.formula_exclusions()}):
         test = tables[target].subset(fixed_test_ids(tables[target].ids, spec.test_fraction, spec.test_seed))
-        table = without_formulas_of(tables[source], test, f"formula_in_test_of_{target}")
+        reason = f"formula_in_test_of_{target}"
+        table = without_formulas_of(tables[source], test, reason)
         key = without_test_formulas(source, target)
         log.info("data %s: %d rows (%s)", key, len(table), table.dropped)
+        exclusions[key] = {"source": source, "target": target, "target_test_rows": len(test),
+                           "rows": len(tables[source]), "removed": table.dropped[reason], "kept": len(table)}
         pool = len(table) - len(fixed_test_ids(table.ids, spec.test_fraction, spec.test_seed))
         prepared[key] = _prepare(table, featurizer, study, key, pool, progress)
+    if exclusions:  # for the report: the log alone would lose them
+        write_json(study.exclusions_file, exclusions)
     _write_relatedness(tables, {key: prepared[key].fingerprint for key in tables}, study)
     release_read_cache()  # the main process only schedules from here on
     return prepared

@@ -3,6 +3,7 @@
     study.yaml               the spec of the latest run
     plan.json                every task of the study (grows when a part plans once results are in)
     part2_targets.json       Part 2's picked targets and the gains they were picked by (`parts.part2`)
+    formula_exclusions.json  datasets prepared without another's test compositions: rows before, removed, kept
     relatedness.csv          property relatedness of the datasets
                              (data/relatedness.key: the dataset fingerprints it was computed from)
     splits/<key>_test.json   the fixed test ids of each dataset
@@ -53,6 +54,10 @@ class StudyDir:
     @property
     def relatedness_file(self) -> Path:
         return self.root / "relatedness.csv"
+
+    @property
+    def exclusions_file(self) -> Path:
+        return self.root / "formula_exclusions.json"
 
     @property
     def relatedness_key_file(self) -> Path:

@@ -53,15 +53,19 @@ def property_relatedness(tables: dict[str, PropertyTable], *, workers: int | Non
 
 
 def _material_keys(tables: list[PropertyTable], workers: int | None) -> list[list[tuple[str, int]]]:
-    """(reduced formula, space group) per structure of each table, each structure analysed once."""
+    """(reduced formula, space group) per structure of each table, each structure analysed once. A row of a
+    composition-only table has no space group: its formula alone, which matches a structure only where the
+    formula is that of one structure."""
     # A structure is (file, id): tables read from one file (eform, bandgap) hold the same structures.
-    structures = {(t.source, row_id): s for t in tables for row_id, s in zip(t.ids, t.structures)}
+    structures = {(t.source, row_id): s for t in tables if t.compositions is None
+                  for row_id, s in zip(t.ids, t.structures)}
     formula = {k: s.composition.reduced_formula for k, s in structures.items()}
     holders = Counter(formula.values())
     # Symmetry only where several structures share a formula; elsewhere the formula alone is the material.
     ambiguous = [k for k, f in formula.items() if holders[f] > 1]
     space_group = dict(zip(ambiguous, _space_groups([structures[k] for k in ambiguous], workers)))
     return [
+        [(c.reduced_formula, NO_SPACE_GROUP) for c in t.compositions] if t.compositions is not None else
         [(formula[t.source, row_id], space_group.get((t.source, row_id), NO_SPACE_GROUP)) for row_id in t.ids]
         for t in tables
     ]

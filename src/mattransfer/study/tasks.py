@@ -14,7 +14,10 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator, Literal
 
 from mattransfer.featurizers.features import FEATURES_VERSION
+from mattransfer.errors import ConfigError
 from mattransfer.study.data import PreparedData, data_key
+from mattransfer.study.parts.base import method_setting
+from mattransfer.training.job import ZERO_SHOT
 
 if TYPE_CHECKING:  # the spec imports the parts, which plan with this module
     from mattransfer.study.spec import StudySpec
@@ -25,14 +28,16 @@ TASK_FORMAT = 1  # bump when a code change alters what a finished task would com
 @dataclass
 class Task:
     """One training: a pre-training, a transfer fine-tune, a scratch baseline (a fine-tune without source),
-    or a feature baseline (kind "baseline": a scikit-learn model on matminer features, method its name)."""
+    a feature baseline (kind "baseline": a scikit-learn model on matminer features, method its name), or a
+    pre-training tested as it is on another dataset (kind and method "zero-shot": no training, size 0)."""
 
-    kind: Literal["pretrain", "finetune", "baseline"]
+    kind: Literal["pretrain", "finetune", "baseline", "zero-shot"]
     dataset: str  # trained and tested on
     size: int  # samples drawn from the dataset's pool: train + val
     seed: int
-    method: str  # "pretrain", "scratch" or a fine-tuning method
+    method: str  # "pretrain", "scratch", "zero-shot", a fine-tuning method or a label of one (see ``runs``)
     options: dict[str, Any] = field(default_factory=dict)
+    runs: str | None = None  # the fine-tuning method a labelled task runs (``method`` is then the label)
     aux_lambda: float | None = 0.0  # of the pre-training; None for scratch, which has none
     source: str | None = None  # pre-training dataset of a transfer fine-tune
     pretrain_size: int | None = None
@@ -53,6 +58,8 @@ class Task:
             return f"pretrain {self.dataset}{aux} n={self.size} seed {self.seed}"
         if self.method == "scratch" or self.kind == "baseline":
             return f"{self.method} {self.dataset} n={self.size} seed {self.seed}"
+        if self.kind == "zero-shot":
+            return f"{self.method} {self.source}{aux}→{self.dataset} seed {self.seed}"
         if self.pretrained:
             return f"{self.method} {self.pretrained}→{self.dataset} n={self.size} seed {self.seed}"
         return f"{self.method} {self.source}{aux}→{self.dataset} n={self.size} seed {self.seed}"
@@ -96,8 +103,12 @@ class Plan:
             self.tasks[task.hash] = task
 
     def add(self, task: Task, part: int) -> Task:
-        """Add ``task`` to ``part``; an equal task already planned is kept and gains the part."""
+        """Add ``task`` to ``part``; an equal task already planned is kept and gains the part. A label is not
+        part of the hash (it changes no result): one fine-tune under two labels is an error naming both."""
         kept = self.tasks.setdefault(task.hash, task)
+        if kept.method != task.method:
+            raise ConfigError(f"{task.describe()} is planned as {kept.method!r} too (the same method and options):"
+                              " give the setting one label in every part")
         kept.parts.add(part)
         kept.notes |= task.notes
         return kept
@@ -150,11 +161,14 @@ class Planner:
                                training=self.spec.pretrain.model_dump(), aux_lambda=aux_lambda)
         return task
 
-    def finetune(self, pretrain: Task | None, key: str, requested: int, seed: int, method: str,
+    def finetune(self, pretrain: Task | None, key: str, requested: int, seed: int, label: str,
                  options: dict[str, Any]) -> Task:
-        """A transfer fine-tune from ``pretrain``, or with ``pretrain=None`` the scratch baseline."""
+        """A transfer fine-tune from ``pretrain``, or with ``pretrain=None`` the scratch baseline; ``label``
+        and ``options``: an entry of a part's `Methods`."""
         size, notes = self._capped(key, requested, "finetune_size")
-        task = Task("finetune", key, size, seed, method, options, aux_lambda=None, notes=notes)
+        method, options = method_setting(label, options)
+        task = Task("finetune", key, size, seed, label, options, runs=None if method == label else method,
+                    aux_lambda=None, notes=notes)
         if pretrain is not None:
             task.source, task.pretrain_size, task.pretrain = pretrain.dataset, pretrain.size, pretrain.hash
             task.aux_lambda = pretrain.aux_lambda
@@ -164,11 +178,12 @@ class Planner:
                                pretrain=task.pretrain)
         return task
 
-    def universal(self, name: str, key: str, requested: int, seed: int, method: str, options: dict[str, Any]) -> Task:
+    def universal(self, name: str, key: str, requested: int, seed: int, label: str, options: dict[str, Any]) -> Task:
         """A fine-tune of the package's pre-trained model ``name`` (its encoder reads inputs of its own)."""
         size, notes = self._capped(key, requested, "finetune_size")
-        task = Task("finetune", key, size, seed, method, options, aux_lambda=None, source=name, pretrained=name,
-                    notes=notes)
+        method, options = method_setting(label, options)
+        task = Task("finetune", key, size, seed, label, options, runs=None if method == label else method,
+                    aux_lambda=None, source=name, pretrained=name, notes=notes)
         task.hash = self._hash(kind="finetune", dataset=key, data=self.data[task.data_key].fingerprint, size=size,
                                seed=seed, training=self.spec.finetune.model_dump(), method=method, options=options,
                                pretrained=name)
@@ -183,6 +198,14 @@ class Planner:
         task = Task("baseline", key, size, seed, model, aux_lambda=None, notes=notes)
         task.hash = self._hash(kind="baseline", dataset=key, data=self.data[key].fingerprint, size=size, seed=seed,
                                model=model, features=FEATURES_VERSION)
+        return task
+
+    def zero_shot(self, pretrain: Task, key: str) -> Task:
+        """``pretrain``'s model tested as it is on ``key``'s fixed test set (its seed: the pre-training's)."""
+        task = Task("zero-shot", key, 0, pretrain.seed, ZERO_SHOT, aux_lambda=pretrain.aux_lambda,
+                    source=pretrain.dataset, pretrain_size=pretrain.size, pretrain=pretrain.hash,
+                    notes=set(pretrain.notes))
+        task.hash = self._hash(kind="zero-shot", dataset=key, data=self.data[key].fingerprint, pretrain=pretrain.hash)
         return task
 
     def transfer(self, plan: Plan, part: int, pretrain: Task, target: str, sizes: list[int],

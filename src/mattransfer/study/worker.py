@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from mattransfer.data.splits import Split, make_split
+from mattransfer.data.splits import Split, fixed_test_ids, make_split
 from mattransfer.errors import ConfigError
 from mattransfer.fileio import file_sha256
 from mattransfer.models.model import TransferModel, read_checkpoint
@@ -81,10 +81,13 @@ def _load(data: PreparedData) -> tuple[Dataset, torch.Tensor | None]:
 def _train(task: Task, spec: StudySpec, data: PreparedData, study: StudyDir) -> dict:
     start = time.perf_counter()
     dataset, labels = _load(data)
-    split = make_split(
-        data.split_ids() or dataset.table.ids, task.size, task.seed, dataset=task.dataset, test_fraction=spec.test_fraction,
-        val_fraction=spec.val_fraction, test_seed=spec.test_seed,
-    )
+    ids = data.split_ids() or dataset.table.ids
+    if task.kind == "zero-shot":  # trains on nothing: the fixed test set alone
+        split = Split((), (), tuple(fixed_test_ids(ids, spec.test_fraction, spec.test_seed)), spec.test_fraction,
+                      spec.test_seed)
+    else:
+        split = make_split(ids, task.size, task.seed, dataset=task.dataset, test_fraction=spec.test_fraction,
+                           val_fraction=spec.val_fraction, test_seed=spec.test_seed)
     task_dir = study.task_dir(task.hash)
     split.to_json(task_dir / "split.json")
     if task.kind == "baseline":
@@ -126,7 +129,7 @@ def job_of(task: Task, spec: StudySpec) -> Job:
     its source trained on and counts them per task for the report."""
     return Job(
         model=spec.model, graphs=spec.graphs, training=spec.pretrain if task.kind == "pretrain" else spec.finetune,
-        seed=task.seed, method=None if task.kind == "pretrain" else task.method, options=task.options,
+        seed=task.seed, method=None if task.kind == "pretrain" else task.runs or task.method, options=task.options,
         allow_test_overlap=True, bravais_weight=task.aux_weight, description=task.describe(),
     )
 

@@ -36,12 +36,14 @@ from mattransfer.training.objectives import AuxiliaryClassification
 from mattransfer.training.trainer import Batches, EmbeddingBatches, FitResult, TrainingOptions, fit
 
 log = logging.getLogger("mattransfer")
+ZERO_SHOT = "zero-shot"  # a job's method: the source model as it is, tested without training
 
 
 @dataclass
 class Job:
     """What decides a training's result. ``method`` None is a pre-training (a fresh model of ``model``);
-    otherwise a fine-tune of the source model `execute` is given (``scratch``: none, a fresh one)."""
+    `ZERO_SHOT` the source model `execute` is given, tested as it is; otherwise a fine-tune of that source
+    (``scratch``: none, a fresh one)."""
 
     model: ModelConfig
     graphs: GraphSettings
@@ -57,7 +59,7 @@ class Job:
 @dataclass
 class Outcome:
     model: TransferModel  # trained, holding its best-validation weights
-    fit: FitResult
+    fit: FitResult | None  # None: a zero-shot job trained nothing
     summary: dict[str, Any]  # the one result schema: metrics.json of a run, result.json of a study task
     latent: torch.Tensor | None  # a frozen encoder's output for every row of the data, if it had one
 
@@ -72,6 +74,8 @@ def execute(job: Job, data: Dataset, split: Split, *, source: TransferModel | No
     heads on one encoder (an ensemble); otherwise the latent cache serves it.
     """
     start = time.perf_counter()
+    if job.method == ZERO_SHOT:
+        return _zero_shot(job, data, split, source, device, run_dir, start)
     options: MethodOptions | None = METHODS[job.method][0](**job.options) if job.method else None
     overlap = None
     torch.manual_seed(job.seed)
@@ -113,6 +117,33 @@ def execute(job: Job, data: Dataset, split: Split, *, source: TransferModel | No
         "threads": torch.get_num_threads(), "warnings": fitted.warnings, "test_in_pretraining": overlap, **metrics,
     }
     return Outcome(model, fitted, summary, latent)
+
+
+def _zero_shot(job: Job, data: Dataset, split: Split, source: TransferModel | None, device: torch.device,
+               run_dir: Path | None, start: float) -> Outcome:
+    """The source model, its head and standardisation as trained, on ``split.test``: no training (n_train 0)."""
+    if source is None:
+        raise ConfigError(f"{job.description}: a zero-shot test needs a source model.")
+    if source.target.get("unit") != data.table.unit:
+        raise ConfigError(f"{job.description}: the source predicts {source.target.get('name')!r}"
+                          f" [{source.target.get('unit')}], {data.table.name} holds {data.table.target!r}"
+                          f" [{data.table.unit}]; a zero-shot error would mean nothing.")
+    source.encoder.check_elements(data.inputs)
+    overlap = check_test_overlap(source, data.table, split, allow=job.allow_test_overlap)
+    y, test_pos = data.targets(), data.inputs.positions(split.test)
+    source.to(device)
+    batches = {"test": Batches(data.inputs, test_pos, source.standardise(y[test_pos]), job.training.batch_size, device)}
+    metrics = _score(source, batches, y, split, run_dir)
+    log.info("%s: zero-shot on %d test rows, MAE %.4g %s", job.description, len(split.test),
+             metrics["test"]["mae"], data.table.unit)
+    summary = {
+        "description": job.description, "dataset": data.table.name, "target": data.table.target,
+        "unit": data.table.unit, "method": ZERO_SHOT, "n_train": 0, "n_val": 0, "n_test": len(split.test),
+        "n_trainable": 0, "best_epoch": None, "epochs_run": 0, "best_val_loss": None, "fit_seconds": 0.0,
+        "wall_seconds": time.perf_counter() - start, "threads": torch.get_num_threads(), "warnings": [],
+        "test_in_pretraining": overlap, **metrics,
+    }
+    return Outcome(source, None, summary, None)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -192,12 +223,19 @@ def train_and_test(
         to_unit=model.unstandardise,
     )
     model.training_data.append(training_record(data.table, split))
+    return result, _score(model, batches, y, split, run_dir)
+
+
+def _score(model: TransferModel, batches: dict[str, Batches], y: torch.Tensor, split: Split,
+           run_dir: Path | None) -> dict:
+    """Metrics of ``model`` on each split part of ``batches``, and the per-sample test predictions in ``run_dir``."""
     predictions = {name: predict_batches(model, b) for name, b in batches.items()}
     metrics = {name: regression_metrics(y[b.positions].numpy(), predictions[name].numpy()) for name, b in batches.items()}
     if run_dir is not None and "test" in batches:  # per-sample test errors, for paired comparisons between runs
-        pd.DataFrame({"id": split.test, "y_true": y[test_pos].numpy(), "y_pred": predictions["test"].numpy()}
+        test = batches["test"].positions
+        pd.DataFrame({"id": split.test, "y_true": y[test].numpy(), "y_pred": predictions["test"].numpy()}
                      ).to_csv(run_dir / "test_predictions.csv", index=False)
-    return result, metrics
+    return metrics
 
 
 @torch.no_grad()

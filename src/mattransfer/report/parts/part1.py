@@ -23,13 +23,15 @@ from mattransfer.study.transferability import read_scores
 def write(doc: tx.Document, context: Context) -> list[str]:
     rows, cells = context.rows("part1"), context.cells("part1")
     baselines = ys.baseline_rows(context.results, context.number("part1"))
-    return [
+    answers = [
         *_part1(doc, rows, cells, baselines),
         *_versus_baselines(doc, rows, baselines),
         *_transferability(doc, rows, read_scores(context.study_dir)),
         *_universal(doc, rows, context.paired("part1"), context.study_dir),
         *_relatedness(doc, cells, an.load_relatedness(context.study_dir)),
     ]
+    _zero_shot(doc, an.zero_shot_stats(context.results, context.number("part1")), rows)
+    return answers
 
 
 def _part1(doc: tx.Document, rows: pd.DataFrame, cells: pd.DataFrame,
@@ -47,6 +49,27 @@ def _part1(doc: tx.Document, rows: pd.DataFrame, cells: pd.DataFrame,
     doc.csv(cells, "part1_gain_cells", "Part 1 cells (gain, MAE, paired-test p)")
     _test_in_source(doc, rows)
     return answers
+
+
+def _zero_shot(doc: tx.Document, zero: pd.DataFrame, rows: pd.DataFrame) -> None:
+    """Each source's model as it is on the targets of its unit (``part1.zero_shot``), beside scratch on the
+    target at its largest fine-tune size."""
+    if zero.empty:
+        return
+    doc.heading("Sources without fine-tuning (zero-shot)", 3)
+    scratch = an.mae_stats(rows[rows["method"] == an.SCRATCH], ["target", "finetune_size"])
+    largest = scratch.sort_values("finetune_size").groupby("target").last()
+    doc.text("Each pre-trained source's model, head and all, tested as it is on the fixed test set of every target"
+             " whose property has its unit (mean ± std over seeds); scratch: the target's own model at its largest"
+             " fine-tune size.")
+    doc.table(pd.DataFrame({
+        "source → target": zero["source"] + " → " + zero["target"], "test n": zero["n_test"].map(tx.n),
+        "MAE zero-shot": [tx.pm(m, s) for m, s in zip(zero["mae_mean"], zero["mae_std"])],
+        "seeds": zero["n_seeds"],
+        "MAE scratch": [f"{tx.pm(largest.at[t, 'mae_mean'], largest.at[t, 'mae_std'])} (n = "
+                        f"{tx.n(largest.at[t, 'finetune_size'])})" if t in largest.index else "—"
+                        for t in zero["target"]],
+    }))
 
 
 def _test_in_source(doc: tx.Document, rows: pd.DataFrame) -> None:

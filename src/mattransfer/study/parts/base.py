@@ -8,8 +8,12 @@ table's ``part`` column. It declares:
 - its options, as the section's fields;
 - ``check(spec)``: what it needs of the rest of the study (its datasets among the study's …), a ValueError;
 - ``plan(planner, plan)``: its tasks, made by the `Planner`'s constructors (``pretrain``, ``finetune``,
-  ``scratch``, ``baseline``, ``universal``, ``transfer``) and added with ``plan.add(task, self.number)``;
-  a task another part also plans is one task in both.
+  ``scratch``, ``baseline``, ``universal``, ``transfer``, ``zero_shot``) and added with
+  ``plan.add(task, self.number)``; a task another part also plans is one task in both.
+
+A part's fine-tuning methods are a `Methods` field: method names, or labels that name their method inside
+(``freeze-2: {method: freeze, train_last: 2}``) for several settings of one method; the label is the
+results' ``method`` and the task's description, the method and its options what runs and what is hashed.
 
 and where it needs them (the defaults do nothing):
 
@@ -34,6 +38,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Sequence
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from mattransfer.finetune import METHODS
+from mattransfer.training.job import ZERO_SHOT
 
 if TYPE_CHECKING:  # the parts' collaborators import the study spec, which imports the parts
     import pandas as pd
@@ -45,22 +50,47 @@ if TYPE_CHECKING:  # the parts' collaborators import the study spec, which impor
 
 
 def _methods(value: Any) -> dict[str, dict[str, Any]]:
-    """``[heads, full]`` or ``{freeze: {layers: 2}, ...}`` → validated, complete options per method."""
+    """``[heads, full]``, ``{freeze: {train_last: 2}, ...}`` or, for several settings of one method, labels
+    naming it (``{freeze-1: {method: freeze, train_last: 1}, ...}``) → validated, complete options per label.
+
+    A label's entry keeps ``method`` (what runs); the label is what the results and the report show. An entry
+    whose key is its method has no ``method`` key, so it plans the tasks (and hashes) it always did.
+    """
     if isinstance(value, list):
         value = {name: {} for name in value}
     if not isinstance(value, dict) or not value:
-        raise ValueError("give a non-empty list of method names or a mapping of method → options")
-    methods = {}
-    for name, options in value.items():
-        if name == "scratch":
+        raise ValueError("give a non-empty list of method names or a mapping of method (or label) → options")
+    methods: dict[str, dict[str, Any]] = {}
+    for label, options in value.items():
+        if options is not None and not isinstance(options, dict):
+            raise ValueError(f"options of {label!r}: give a mapping (got {options!r})")
+        options = dict(options or {})
+        method = options.pop("method", label)
+        if "scratch" in (label, method):
             raise ValueError("scratch baselines are always run; list only transfer methods")
-        if name not in METHODS:
-            raise ValueError(f"unknown method {name!r}; available: {sorted(set(METHODS) - {'scratch'})}")
+        if label == ZERO_SHOT:
+            raise ValueError(f"{label!r} names the rows of a pre-trained model without fine-tuning; choose another"
+                             " label")
+        if method not in METHODS:
+            raise ValueError(f"{label!r}: unknown method {method!r}; available: {sorted(set(METHODS) - {'scratch'})}")
+        if label != method and label in METHODS:
+            raise ValueError(f"{label!r} is the name of a method, so it cannot run {method!r}; choose another label")
         try:
-            methods[name] = METHODS[name][0](**(options or {})).model_dump()
+            complete = METHODS[method][0](**options).model_dump()
         except ValidationError as exc:
-            raise ValueError(f"options of {name!r}: {exc.errors()[0]['msg']} (got {options!r})") from exc
+            raise ValueError(f"options of {label!r}: {exc.errors()[0]['msg']} (got {options!r})") from exc
+        methods[label] = complete if label == method else {"method": method, **complete}
+    same = [(a, b) for i, a in enumerate(methods) for b in list(methods)[i + 1:] if method_setting(a, methods[a])
+            == method_setting(b, methods[b])]
+    if same:
+        raise ValueError(f"{same[0][0]!r} and {same[0][1]!r} are the same method with the same options: keep one")
     return methods
+
+
+def method_setting(label: str, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The fine-tuning method an entry of a `Methods` mapping runs, and its options (``method`` taken out)."""
+    options = dict(options)
+    return options.pop("method", label), options
 
 
 def _sizes(sizes: list[int]) -> list[int]:

@@ -35,6 +35,9 @@ class Part1(Part):
 
     ``universal``: packages' pre-trained models (`mattransfer models`), each a further source for every
     dataset, fine-tuned with ``universal_methods``.
+
+    ``zero_shot``: each pre-trained source also tested as it is (no fine-tuning) on every target whose
+    property has its unit (e.g. bandgap on expt_gap).
     """
 
     sources: list[str] | None = Field(None, description="datasets pre-trained as sources (default: every dataset)")
@@ -47,6 +50,8 @@ class Part1(Part):
                     f" {', '.join(BASELINE_MODELS)}; [] turns them off",
     )
 
+    zero_shot: bool = Field(False, description="also test each source's model as it is on every target of the"
+                                               " same unit")
     scores: list[str] = Field(
         default_factory=lambda: list(TRANSFER_SCORES),
         description="transferability scores of each source's frozen features on each fine-tune subset"
@@ -86,6 +91,8 @@ class Part1(Part):
                 for target in spec.datasets:
                     if target != source:
                         planner.transfer(plan, self.number, pretrain, target, spec.finetune_sizes, self.methods, seed)
+                    if self.zero_shot and target != source and planner.data[target].unit == planner.data[source].unit:
+                        plan.add(planner.zero_shot(pretrain, target), self.number)
             for target in spec.datasets:  # the references of every target, whichever sources it has
                 for size in spec.finetune_sizes:
                     plan.add(planner.scratch(target, size, seed), self.number)
