@@ -155,3 +155,18 @@ def test_predict_csv_flags_out_of_domain_and_survives_commas(pretrained_ckpt, tm
     assert table["out_of_domain"].tolist()[0]
     err = capsys.readouterr().err
     assert "outside the training domain" in err and "absent from training (Cl, Na)" in err
+
+
+def test_a_clipped_prediction_is_still_flagged_outside_the_training_range(pretrained_ckpt):
+    """Predictions stop at the training range's edge, and the domain check reads the head's own value, so
+    the structures the head put outside the range are still named."""
+    model = mattransfer.load(pretrained_ckpt)
+    structures = [fcc("Cu", 3.6), fcc("Au", 4.1), fcc("Cu", 3.4)]
+    raw = model.predict(structures)
+    model.module.target["clip"] = [float(raw.min()), float(np.median(raw))]  # the largest prediction lies above
+    model.module.domain.target_max = float(np.median(raw))
+    frame, summary = model.predict_with_domain(structures)
+    clipped = frame[f"{model.target} [{model.unit}]"].to_numpy()
+    assert clipped.max() == pytest.approx(float(np.median(raw))) and clipped.max() < raw.max()
+    assert frame["outside_target_range"].tolist() == [bool(v > np.median(raw)) for v in raw]
+    assert "predicted outside the training range" in summary

@@ -123,15 +123,15 @@ class Model:
         table = structures if isinstance(structures, PropertyTable) else as_table(structures)
         inputs = featurize(self.module, table, cache=False)
         latent = self.module.embed(inputs, batch_size=batch_size)
-        predictions = self.module.predict_latent(latent).cpu().numpy()
-        raw = self.module.predict_latent(latent, clip=False).cpu().numpy()  # a clipped model's head, unclipped
+        raw = self.module.predict_latent(latent, clip=False)  # the head's own value: the domain check reads it
+        predictions = self.module.clipped(raw).cpu().numpy()
         column = f"{self.target} [{self.unit}]"
         frame = pd.DataFrame({"id": table.ids, "formula": [s.composition.reduced_formula for s in table.structures],
                               column: predictions})
         domain = self.module.domain
         if domain is None:
             return frame, "no training-domain data in this checkpoint (trained before mattransfer recorded it)"
-        assessment = domain.assess(latent, inputs.elements(), raw)
+        assessment = domain.assess(latent, inputs.elements(), raw.cpu().numpy())
         for key, values in assessment.items():
             frame[key] = values
         return frame, summary_line(assessment, domain, self.unit)

@@ -89,7 +89,11 @@ class TransferModel(nn.Module):
         clipped to the training targets' range when the model was trained to (``training.clip_to_train_range``)."""
         values = values.double() * self.target_std + self.target_mean
         values = values.exp() if self.target.get("transform") == "log" else values
-        bounds = self.target.get("clip") if clip else None
+        return self.clipped(values) if clip else values
+
+    def clipped(self, values: Tensor) -> Tensor:
+        """Predictions in the target's unit clipped to the training targets' range, where the model clips."""
+        bounds = self.target.get("clip")
         return values.clamp(*bounds) if bounds else values
 
     def _transformed(self, y: Tensor) -> Tensor:
