@@ -169,6 +169,8 @@ def test_ready_tasks_go_part_by_part_with_part2_last(tmp_path):
     assert ready[0].kind == "pretrain" and ready[0].size == 941
     part2 = [t.size for t in ready if t.parts == {2}]
     assert part2 == sorted(part2, reverse=True) and part2[0] == 33063
+    part1_runs = [t.seed for t in ready if t.parts == {1} and t.kind != "pretrain"]
+    assert len(set(part1_runs)) > 1 and part1_runs == sorted(part1_runs)  # seed by seed
 
 
 def test_hash_changes_with_what_determines_a_task():

@@ -149,14 +149,15 @@ class _StudyRun:
 
     def _ready(self) -> list[Task]:
         """Pending tasks whose pre-training is done, part by part with the parts that plan from results last
-        (Part 2); within a part pre-trainings first, largest first.
+        (Part 2); within a part pre-trainings first, largest first, then the other tasks seed by seed.
 
         Part 2's fine-tunes wait for Part 1's results anyway, and its pre-trainings are the study's
-        longest tasks: the other parts' answers come first.
+        longest tasks: the other parts' answers come first. Seed by seed, a study stopped early holds
+        whole grids of its first seeds rather than every seed of its first targets.
         """
         ready = [t for t in self.pending.values() if t.pretrain is None or self.study.is_done(t.pretrain)]
         return sorted(ready, key=lambda t: (min(t.parts) in self.last, min(t.parts), t.kind != "pretrain",
-                                            -t.size if t.kind == "pretrain" else 0))
+                                            -t.size if t.kind == "pretrain" else t.seed))
 
     def _finish(self, task: Task, future: Future) -> None:
         try:
