@@ -16,6 +16,7 @@ from mattransfer.data.table import PropertyTable
 from mattransfer.report import write_report
 from mattransfer.report import analysis as an
 from mattransfer.report import text as tx
+from mattransfer.report.figures import curves_figure, series_colors
 from mattransfer.report.parts import SECTIONS
 from mattransfer.study.relatedness import COLUMNS, property_relatedness
 from mattransfer.study.results import COLUMNS as SCHEMA
@@ -229,7 +230,9 @@ def test_failures_and_missing_parts_reported(tmp_path, study):
     text = write_report(tmp_path).read_text()
     for part in (2, 3, 4):
         assert f"| {SECTIONS['part' + str(part)].title} | 0 | 0 | 0 | 0 | not in this study |" in text
-    assert "Data vs physics: not answered" in text and "Relatedness vs transfer: not answered" in text
+    assert "Relatedness vs transfer: not answered" in text  # Part 1 is in the study, without relatedness.csv
+    # Parts not in the study get their row in the task table and nothing else: no section, no answer.
+    assert "## Part 2" not in text and "Data vs physics" not in text and "Whole network vs head" not in text
     assert "n/a (1 seed)" in text
     # one seed and no predictions: no CI, so nothing is called helped or hurt
     assert "none with a confidence interval (one seed and no test predictions)" in text
@@ -251,10 +254,21 @@ def test_tasks_not_run_yet_come_from_the_plan(tmp_path):
     assert f"| {SECTIONS['part3'].title} | 0 | 0 | 0 | 0 | not in this study |" in text
 
 
+def test_reference_lines_carry_their_labels_and_series_never_share_a_method_colour():
+    stats = pd.DataFrame({"panel": "t", "series": ["scratch", "freeze-2", "freeze-2"], "x": [10, 10, 100],
+                          "mae_mean": [1.0, 0.8, 0.6], "mae_std": 0.1, "unit": "eV"})
+    lines = pd.DataFrame({"panel": ["t"], "mae_mean": [0.9], "mae_std": [0.0], "label": ["DFT model, zero-shot"]})
+    figure = curves_figure(stats, title="t", xlabel="n", baseline=lines)
+    legend = [t.get_text() for t in figure.legends[0].get_texts()]
+    assert legend == ["scratch", "freeze-2", "DFT model, zero-shot"]
+    colors = series_colors(["heads", "full", "freeze", "lora", "freeze-1", "freeze-2", "freeze-4", "eform"])
+    assert len(set(colors.values())) == len(colors)
+
+
 def test_empty_results_table(tmp_path):
     pd.DataFrame(columns=SCHEMA).to_parquet(tmp_path / "results.parquet")
     text = write_report(tmp_path).read_text()
-    assert text.count("not in this study") == 4 and text.count("not answered") == 7  # 5 parts + 2 yardsticks
+    assert text.count("not in this study") == 4 and "not answered" not in text and "## Part" not in text
     assert (tmp_path / "report" / "report.html").is_file()
 
 

@@ -630,6 +630,7 @@ def test_dft_to_expt_pretrains_without_the_target_test_compositions(tmp_path):
     text = write_report(tmp_path).read_text()
     assert "## DFT → experiment" in text and "DFT → experiment (demo_volume, n_test 30)" in text
     assert "Part 1 — relations between datasets | 0 | 0 | 0 | 0 | not in this study" in text
+    assert "Relatedness" not in text and "## Part 1" not in text  # a part not in the study has no section
 
 
 

@@ -31,8 +31,10 @@ def save(figure: Figure, path: Path) -> Path:
 
 
 def series_colors(names: list[str]) -> dict[str, str]:
-    """Scratch and the methods keep their colour in every figure; other series (sources) take tab10 in order."""
-    others = itertools.cycle(mpl.colormaps["tab10"].colors)
+    """Scratch and the methods keep their colour in every figure; other series (sources, labelled methods such
+    as freeze-2) take the tab10 colours no method has, in order."""
+    taken = {mpl.colors.to_hex(c) for c in METHOD_COLORS.values()}
+    others = itertools.cycle([c for c in map(mpl.colors.to_hex, mpl.colormaps["tab10"].colors) if c not in taken])
     return {name: METHOD_COLORS.get(name) or mpl.colors.to_hex(next(others)) for name in names}
 
 
@@ -83,7 +85,8 @@ def curves_figure(stats: pd.DataFrame, *, title: str, xlabel: str, xscale: str =
 
     ``stats`` has columns panel, series, x, mae_mean, mae_std, unit; panels appear in their order
     there, series in ``order`` (default: the methods' order), then any others. ``baseline`` (panel,
-    mae_mean, mae_std) is drawn as a dashed horizontal scratch line with its ±std band. ``xscale``
+    mae_mean, mae_std, optional label) is drawn as horizontal lines with their ±std bands: scratch (the default
+    label) dashed black, any other dotted grey. ``xscale``
     "symlog" keeps x = 0 on a log-like axis (λ sweeps).
     """
     panels = list(dict.fromkeys(stats["panel"]))
@@ -136,13 +139,16 @@ def scatter_figure(points: pd.DataFrame, *, title: str, xlabel: str, ylabel: str
     return figure
 
 
-def _baseline(ax: Axes, row: pd.DataFrame) -> dict:
-    if row.empty:
-        return {}
-    mean, std = float(row["mae_mean"].iloc[0]), float(np.nan_to_num(row["mae_std"].iloc[0]))
-    line = ax.axhline(mean, color="black", linestyle="--", label="scratch")
-    ax.axhspan(mean - std, mean + std, color="black", alpha=0.1)
-    return {"scratch": line}
+def _baseline(ax: Axes, rows: pd.DataFrame) -> dict:
+    """One horizontal line with its ±std band per row, named by its ``label`` (default: scratch)."""
+    handles = {}
+    for row in rows.itertuples():
+        label = getattr(row, "label", "scratch")
+        color, style = ("black", "--") if label == "scratch" else ("dimgray", ":")
+        mean, std = float(row.mae_mean), float(np.nan_to_num(row.mae_std))
+        handles[label] = ax.axhline(mean, color=color, linestyle=style, label=label)
+        ax.axhspan(mean - std, mean + std, color=color, alpha=0.1)
+    return handles
 
 
 def _x_axis(ax: Axes, x: pd.Series, xscale: str) -> None:

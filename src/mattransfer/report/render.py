@@ -57,9 +57,10 @@ def write_report(study_dir: Path) -> Path:
     _broken_baselines(doc, broken)
     context = Context(results, broken, study_dir)
     answers = []
-    for section in sections.values():
-        doc.heading(section.title)
-        answers += section.write(doc, context)
+    for name, section in sections.items():
+        if PARTS[name].number in _present(results, planned):  # the task table says which parts are not in it
+            doc.heading(section.title)
+            answers += section.write(doc, context)
     title = f"Transfer study report: {study_dir.resolve().name}"
     markdown = "\n".join([f"# {title}", "", "## Answers", "", *[f"- {a}" for a in answers], "", *doc.lines])
     md_path = doc.root / "report.md"
@@ -78,9 +79,14 @@ def _state(tasks: int, failed: int, not_run: int) -> str:
 def _sections(results: pd.DataFrame, planned: dict[int, int] | None) -> dict[str, Section]:
     """The sections of the parts on by default (a study without one is told so) and of any other part the
     study has tasks of."""
-    present = set(results["part"].dropna()) | set(planned or {})
+    present = _present(results, planned)
     return {name: section for name, section in SECTIONS.items()
             if PARTS[name].model_fields["enabled"].default or PARTS[name].number in present}
+
+
+def _present(results: pd.DataFrame, planned: dict[int, int] | None) -> set[int]:
+    """The numbers of the parts the study has tasks of."""
+    return set(results["part"].dropna()) | {part for part, tasks in (planned or {}).items() if tasks}
 
 
 def _tasks(doc: tx.Document, results: pd.DataFrame, planned: dict[int, int] | None,

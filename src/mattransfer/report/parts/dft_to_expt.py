@@ -33,10 +33,12 @@ def write(doc: tx.Document, context: Context) -> list[str]:
         return [*answers, "DFT → experiment: not answered (no finished fine-tunes)."]
     target, unit, n_test = rows["target"].iloc[0], rows["unit"].iloc[0], rows["n_test"].max()
     stats = an.mae_stats(rows, ["method", "finetune_size"])
-    title = f"DFT → experiment — {target} test MAE vs experimental samples"
+    title = "DFT → experiment"
     curves = tx.curves(stats, panel=pd.Series(target, index=stats.index), series=stats["method"], x="finetune_size")
-    doc.figure(curves_figure(curves, title=title, xlabel="experimental samples (train + val)"), "dft_to_expt_curves",
-               f"{title} (mean ± std over seeds); scratch: no pre-training.")
+    lines = zero[zero["target"] == target].assign(panel=target, label="DFT model, zero-shot")
+    doc.figure(curves_figure(curves, title=title, xlabel="experimental samples (train + val)", baseline=lines),
+               "dft_to_expt_curves", f"{title}: {target} test MAE (mean ± std over seeds) against the experimental "
+               "samples; scratch: no pre-training; dotted: the DFT model without fine-tuning.")
     own = an.mae_stats(done[done["kind"] == "pretrain"], ["target", "pretrain_size"])
     doc.text(*[f"The DFT model ({r.target}, {tx.n(r.pretrain_size)} samples) on its own DFT test set: MAE "
                f"{tx.pm(r.mae_mean, r.mae_std)} {r.unit} over {r.n_seeds} seed(s)." for r in own.itertuples()])
