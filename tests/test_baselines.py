@@ -93,7 +93,7 @@ def test_cli_writes_one_row_per_model_and_seed(tmp_path, capsys):
     rows = pd.read_csv(out)
     assert sorted(zip(rows.model, rows.seed)) == [("extra_trees", 0), ("extra_trees", 1), ("hist_gb", 0), ("hist_gb", 1)]
     printed = capsys.readouterr().out
-    assert "extra_trees" in printed and "±" in printed and "structures" in printed
+    assert "extra_trees" in printed and "±" in printed and "rows, matminer in" in printed
 
 
 @pytest.mark.parametrize("argv, named", [(["--data", "no_such_key", "--n", "10"], "no_such_key"),

@@ -250,3 +250,16 @@ def test_the_dft_to_expt_study_tests_the_dft_model_zero_shot_and_counts_the_rows
     assert f"bandgap_comp (300 rows) lost {removed} rows" in text
     assert f"without fine-tuning (zero-shot) on expt_gap_comp's test set (n_test 12): MAE {zero.test_mae:.4g}" in text
     assert "MAE freeze-1" in text and "MAE freeze-2" in text
+
+
+def test_feature_baselines_run_on_composition_only_tables_with_the_composition_sets(comp_sources, tmp_path):
+    out = tmp_path / "baselines.csv"
+    assert main(["-q", "--threads", "1", "baseline", "--data", "expt_gap_comp", "--data-sources", str(comp_sources),
+                 "--n", "60", "--seeds", "0", "--models", "hist_gb", "--output", str(out)]) == 0
+    rows = pd.read_csv(out)
+    # Magpie (132) + Stoichiometry (6) + ValenceOrbital (8): the composition sets, no structure features
+    assert list(rows.n_features) == [146] and rows.mae.iloc[0] > 0
+    from mattransfer.featurizers import featurize
+
+    with pytest.raises(ValueError, match="compositions have only the feature sets"):
+        featurize([Composition("NaCl")], ["magpie", "density"], progress=False)

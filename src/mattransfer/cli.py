@@ -544,12 +544,12 @@ def _baseline(args: argparse.Namespace) -> None:
     console.print(f"{table.name} ({table.target}), n = {args.n}, seeds {' '.join(map(str, results.seed.unique()))}")
     console.print(summary)
     speed = "read from the cache" if featurized["cached"] else \
-        f"{featurized['structures'] / max(featurized['seconds'], 1e-9):.1f} structures/s with matminer's import"
+        f"{featurized['rows'] / max(featurized['seconds'], 1e-9):.1f} rows/s with matminer's import"
     per_input = ", ".join(f"{name} {dim}" for name, dim in
                           results.groupby("features", sort=False)["n_features"].first().items())
     embedded = (f"; embeddings in {featurized['embedding_seconds']:.1f} s (latent cache)"
                 if "embedding_seconds" in featurized else "")
-    console.print(f"features per structure: {per_input}; {featurized['structures']} structures, matminer in"
+    console.print(f"features per row: {per_input}; {featurized['rows']} rows, matminer in"
                   f" {featurized['seconds']:.1f} s ({speed}){embedded}; total {time.perf_counter() - start:.1f} s"
                   + (f"; rows in {args.output}" if args.output else ""))
 

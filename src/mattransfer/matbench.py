@@ -32,7 +32,7 @@ from mattransfer.data.splits import Split
 from mattransfer.data.table import PropertyTable
 from mattransfer.errors import ConfigError, DataError, read_yaml
 from mattransfer.fileio import atomic_path, write_atomic, write_json
-from mattransfer.featurizers import FEATURE_SETS, cached_features, features_path
+from mattransfer.featurizers import COMPOSITION_SETS, FEATURE_SETS, table_features
 from mattransfer.training.baselines import MODELS as BASELINES
 from mattransfer.training.baselines import make_model, run_split
 
@@ -196,7 +196,7 @@ def run_matbench(task_name: str, options: Path | None, out: Path, *, baseline: s
         val_fraction = config.data.val_fraction
     else:
         fit_fold = _baseline_folds(baseline, config.seed, table, progress)
-        record = _baseline_record(baseline, config.seed)
+        record = _baseline_record(baseline, config.seed, table)
         val_fraction = 0.0  # trees need no early stopping: each fold trains on all its train ids
     present = set(table.ids)
     folds_ids = fold_ids(task.name)
@@ -247,21 +247,16 @@ def _baseline_folds(model: str, seed: int, table: PropertyTable, progress: bool)
 
     def fit_fold(fold: int, split: Split, run_dir: Path) -> dict[str, Any]:
         if not made:
-            cached = features_path(table.structures, FEATURE_SETS).exists()
-            start = time.perf_counter()
-            made["features"] = cached_features(table.structures, FEATURE_SETS, progress, table.name)
-            made["record"] = {"sets": list(FEATURE_SETS), "structures": len(table), "cached": cached,
-                              "seconds": time.perf_counter() - start}
-            log.info("features of %d structures: %d each, %.0f s (%s)", len(table), made["features"].shape[1],
-                     made["record"]["seconds"], "read from the cache" if cached else "computed, now cached")
+            made["features"], made["record"] = table_features(table, progress)
         return run_split(made["features"], table, split, model, seed + fold, run_dir, made["record"])
 
     return fit_fold
 
 
-def _baseline_record(model: str, seed: int) -> dict[str, Any]:
+def _baseline_record(model: str, seed: int, table: PropertyTable) -> dict[str, Any]:
     """What the official results file records of a baseline's settings."""
-    return {"baseline": model, "seed": seed, "features": list(FEATURE_SETS),
+    sets = COMPOSITION_SETS if table.compositions is not None else FEATURE_SETS  # as `table_features` picks
+    return {"baseline": model, "seed": seed, "features": list(sets),
             "pipeline": [repr(step) for _, step in make_model(model, seed).steps]}
 
 
@@ -313,7 +308,7 @@ def results_markdown(task: MatbenchTask, table: PropertyTable, results: list[Fol
         made = results[0].metrics["features"]
         lines += [f"Baseline `{results[0].metrics['method']}` (training/baselines.py, default settings) on"
                   f" {results[0].metrics['n_features']} features ({', '.join(made['sets'])}), trained on all of each"
-                  f" fold's train ids. Features of the task's {made['structures']:,} structures: computed once"
+                  f" fold's train ids. Features of the task's {made.get('rows', made.get('structures')):,} rows: computed once"
                   f" ({'read from the cache in' if made['cached'] else 'made in'} {made['seconds']:.0f} s, not in"
                   " the folds' wall times).", ""]
     if not complete:

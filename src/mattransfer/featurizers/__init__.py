@@ -1,6 +1,7 @@
-"""Hand-made structure features (matminer composition and density features, nearest-neighbour
-distance statistics) for the feature-based baselines, cached on disk by content."""
+"""Hand-made features of structures or compositions (matminer composition and density features,
+nearest-neighbour distance statistics) for the feature-based baselines, cached on disk by content."""
 
-from mattransfer.featurizers.features import FEATURE_SETS, cached_features, features_path, featurize
+from mattransfer.featurizers.features import (COMPOSITION_SETS, FEATURE_SETS, cached_features, features_path,
+                                              featurize, table_features)
 
-__all__ = ["FEATURE_SETS", "cached_features", "features_path", "featurize"]
+__all__ = ["COMPOSITION_SETS", "FEATURE_SETS", "cached_features", "features_path", "featurize", "table_features"]

@@ -1,10 +1,10 @@
-"""Fixed-length feature vectors of crystals, for models that are not graph networks.
+"""Fixed-length feature vectors of crystals or compositions, for models that are not graph networks.
 
 Composition: matminer Magpie ``ElementProperty``, ``Stoichiometry``, ``ValenceOrbital`` (on the
 structure's composition); structure: ``DensityFeatures`` and the min/mean/max over sites of each
-site's nearest-neighbour distance. A structure a featurizer fails on gets NaN there (models impute
-them from their training rows). Matrices are cached under a content hash of the structures and the
-feature sets, like graphs.
+site's nearest-neighbour distance. A composition-only table gets the composition sets. A row a
+featurizer fails on gets NaN there (models impute them from their training rows). Matrices are cached
+under a content hash of the rows and the feature sets, like graphs.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from pymatgen.core import Structure
+from pymatgen.core import Composition, Structure
 from rich.progress import Progress
 
+from mattransfer.data.table import PropertyTable
 from mattransfer.fileio import atomic_path
 from mattransfer.paths import cache_dir, touch
 
@@ -30,6 +31,8 @@ log = logging.getLogger("mattransfer")
 FEATURES_VERSION = 1
 NEIGHBOUR_CUTOFF = 6.0  # Å; a site with no neighbour this close gets NaN (imputed by the model)
 FEATURE_SETS = ("magpie", "stoichiometry", "valence_orbital", "density", "neighbour_distances")
+COMPOSITION_SETS = FEATURE_SETS[:3]  # what a composition-only table has
+Row = Structure | Composition
 
 
 @lru_cache(maxsize=None)
@@ -57,22 +60,25 @@ def neighbour_distance_stats(structure: Structure, cutoff: float = NEIGHBOUR_CUT
     return [float(np.nanmin(nearest)), float(np.nanmean(nearest)), float(np.nanmax(nearest))]
 
 
-def _feature_set(name: str) -> tuple[list[str], Callable[[Structure], list[float]]]:
-    """Labels and per-structure function of one feature set."""
+def _feature_set(name: str) -> tuple[list[str], Callable[[Row], list[float]]]:
+    """Labels and per-row function of one feature set."""
     if name == "neighbour_distances":
         return [f"nn_distance_{s}" for s in ("min", "mean", "max")], neighbour_distance_stats
     featurizer = _matminer(name)
-    on_composition = name != "density"
+    on_composition = name in COMPOSITION_SETS
     return ([f"{name}|{label}" for label in featurizer.feature_labels()],
-            lambda s: featurizer.featurize(s.composition if on_composition else s))
+            lambda s: featurizer.featurize(s.composition if on_composition and isinstance(s, Structure) else s))
 
 
-def featurize(structures: Sequence[Structure], sets: Sequence[str] = FEATURE_SETS,
+def featurize(structures: Sequence[Row], sets: Sequence[str] = FEATURE_SETS,
               progress: bool = True, name: str = "structures") -> pd.DataFrame:
-    """One row of features per structure (no cache); NaN where a featurizer failed."""
+    """One row of features per structure or composition (no cache); NaN where a featurizer failed."""
     unknown = set(sets) - set(FEATURE_SETS)
     if unknown:
         raise ValueError(f"unknown feature sets {sorted(unknown)}; known: {', '.join(FEATURE_SETS)}")
+    if any(isinstance(s, Composition) for s in structures) and set(sets) - set(COMPOSITION_SETS):
+        raise ValueError(f"{name}: compositions have only the feature sets {', '.join(COMPOSITION_SETS)};"
+                         f" asked for {', '.join(sorted(set(sets) - set(COMPOSITION_SETS)))}")
     parts = [_feature_set(s) for s in sets]
     labels = [label for part_labels, _ in parts for label in part_labels]
     rows = np.full((len(structures), len(labels)), np.nan)
@@ -95,22 +101,26 @@ def featurize(structures: Sequence[Structure], sets: Sequence[str] = FEATURE_SET
     return pd.DataFrame(rows, columns=labels)
 
 
-def features_hash(structures: Sequence[Structure], sets: Sequence[str]) -> str:
-    """Content hash of the structures (species, lattice, positions), the feature sets and their version."""
+def features_hash(structures: Sequence[Row], sets: Sequence[str]) -> str:
+    """Content hash of the rows (species, lattice, positions; a composition's elements and amounts), the
+    feature sets and their version."""
     digest = hashlib.sha256(f"v{FEATURES_VERSION}:{NEIGHBOUR_CUTOFF}:{','.join(sets)}".encode())
     for structure in structures:
+        if isinstance(structure, Composition):
+            digest.update(repr(sorted(structure.as_dict().items())).encode())
+            continue
         digest.update(np.asarray(structure.atomic_numbers, dtype=np.int64).tobytes())
         digest.update(structure.lattice.matrix.tobytes())
         digest.update(structure.frac_coords.tobytes())
     return digest.hexdigest()[:20]
 
 
-def features_path(structures: Sequence[Structure], sets: Sequence[str] = FEATURE_SETS) -> Path:
+def features_path(structures: Sequence[Row], sets: Sequence[str] = FEATURE_SETS) -> Path:
     """Where `cached_features` keeps the matrix of ``structures``."""
     return cache_dir() / "features" / f"{features_hash(structures, sets)}.parquet"
 
 
-def cached_features(structures: Sequence[Structure], sets: Sequence[str] = FEATURE_SETS,
+def cached_features(structures: Sequence[Row], sets: Sequence[str] = FEATURE_SETS,
                     progress: bool = True, name: str = "structures") -> pd.DataFrame:
     """`featurize`, cached under ``<cache>/features/<hash>.parquet``; recomputed when content or sets change.
 
@@ -125,3 +135,18 @@ def cached_features(structures: Sequence[Structure], sets: Sequence[str] = FEATU
     with atomic_path(path, ".parquet") as tmp:
         frame.to_parquet(tmp)
     return frame
+
+
+def table_features(table: PropertyTable, progress: bool = True) -> tuple[pd.DataFrame, dict]:
+    """`cached_features` of every row of ``table``, one frame row per table row (in order): all the sets
+    on structures, the composition sets on a composition-only table. Also how they were made (sets, rows,
+    seconds, whether read from the cache), for the run's record."""
+    rows = table.compositions if table.compositions is not None else table.structures
+    sets = COMPOSITION_SETS if table.compositions is not None else FEATURE_SETS
+    cached = features_path(rows, sets).exists()
+    start = time.perf_counter()
+    frame = cached_features(rows, sets, progress, table.name)
+    record = {"sets": list(sets), "rows": len(table), "cached": cached, "seconds": time.perf_counter() - start}
+    log.info("features of %d %s rows: %d each, %.0f s (%s)", len(table), table.name, frame.shape[1],
+             record["seconds"], "read from the cache" if cached else "computed, now cached")
+    return frame, record

@@ -25,7 +25,7 @@ from mattransfer.data.registry import DataSources, release_read_cache
 from mattransfer.data.splits import fixed_test_ids, make_split, without_formulas_of
 from mattransfer.data.symmetry import cached_bravais_labels
 from mattransfer.data.table import PropertyTable
-from mattransfer.featurizers import cached_features
+from mattransfer.featurizers import table_features
 from mattransfer.fileio import atomic_path, write_atomic, write_json
 from mattransfer.graphs.build import GraphSettings
 from mattransfer.graphs.inputs import Featurizer, InputStore, cached_inputs_file, inputs_hash, row_keys
@@ -147,7 +147,7 @@ def prepare_features(table: PropertyTable, path: Path, progress: bool = True) ->
     file = path / FEATURES_FILE
     if file.exists() and set(table.ids) <= set(pd.read_parquet(file, columns=[]).index):
         return file
-    frame = cached_features(table.structures, progress=progress, name=table.name).set_axis(list(table.ids))
+    frame = table_features(table, progress)[0].set_axis(list(table.ids))
     with atomic_path(file, ".parquet") as tmp:
         frame.to_parquet(tmp)
     return file

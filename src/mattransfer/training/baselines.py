@@ -26,7 +26,7 @@ from sklearn.preprocessing import StandardScaler
 from mattransfer.data.splits import Split, assert_disjoint, make_split
 from mattransfer.data.table import PropertyTable
 from mattransfer.errors import ConfigError
-from mattransfer.featurizers import FEATURE_SETS, cached_features, features_path
+from mattransfer.featurizers import table_features
 from mattransfer.fileio import write_json
 from mattransfer.graphs.inputs import row_keys
 from mattransfer.models.model import TransferModel, load_source
@@ -111,14 +111,13 @@ def run_split(features: pd.DataFrame, table: PropertyTable, split: Split, model:
 
 
 def run_baselines(table: PropertyTable, n: int, seeds: Sequence[int], models: Sequence[str] = MODELS,
-                  sets: Sequence[str] = FEATURE_SETS, progress: bool = True,
-                  encoder: str | Path | None = None) -> tuple[pd.DataFrame, dict]:
+                  progress: bool = True, encoder: str | Path | None = None) -> tuple[pd.DataFrame, dict]:
     """One row per (model, seed): test metrics of each model trained on the fine-tune subset of (n, seed).
 
-    Trees read matminer features; ``krr`` reads the pooled embeddings of the frozen ``encoder`` (a checkpoint
-    or a package's pre-trained model by name, e.g. ``chgnet:0.3.0``), from the latent cache. Returns the rows
-    and featurization stats (structures, seconds, whether read from the cache). Only the rows some split uses
-    are featurized, once for all seeds.
+    Trees read matminer features (`featurizers.table_features`); ``krr`` reads the pooled embeddings of the
+    frozen ``encoder`` (a checkpoint or a package's pre-trained model by name, e.g. ``chgnet:0.3.0``), from
+    the latent cache. Returns the rows and featurization stats (sets, rows, seconds, whether read from the
+    cache). Only the rows some split uses are featurized, once for all seeds.
     """
     unknown = [m for m in models if m not in MODELS + EMBEDDING_MODELS]
     if unknown:
@@ -131,12 +130,10 @@ def run_baselines(table: PropertyTable, n: int, seeds: Sequence[int], models: Se
     used = sorted({i for split in splits.values() for i in (*split.train, *split.val, *split.test)})
     rows = table.subset(used)  # table order, so the cache key does not depend on seeds' set order
     inputs: dict[str, pd.DataFrame] = {}
-    stats = {"structures": len(rows), "seconds": 0.0, "cached": True}
-    start = time.perf_counter()
+    stats = {"rows": len(rows), "seconds": 0.0, "cached": True}
     if any(m in MODELS for m in models):
-        stats["cached"] = features_path(rows.structures, sets).exists()
-        inputs["matminer"] = cached_features(rows.structures, sets, progress, table.name)
-    stats["seconds"] = time.perf_counter() - start
+        inputs["matminer"], made = table_features(rows, progress)
+        stats.update(made)
     if source is not None:
         start = time.perf_counter()
         inputs[str(encoder)] = pd.DataFrame(frozen_embeddings(source, rows, progress))
