@@ -58,7 +58,7 @@ def test_baselines_train_on_the_fine_tune_subset_never_on_test_ids(demo_volume, 
         baselines.run_baselines(demo_volume, 40, [0], ["hist_gb"], progress=False)
 
 
-@pytest.mark.parametrize("model", baselines.MODELS + baselines.EMBEDDING_MODELS)
+@pytest.mark.parametrize("model", [m for m in baselines.MODELS + baselines.EMBEDDING_MODELS if m != "hurdle_hist_gb"])
 def test_baseline_beats_a_constant_on_features_that_determine_the_target(model):
     rng = np.random.default_rng(0)
     features = pd.DataFrame(rng.uniform(size=(300, 4)))
@@ -116,3 +116,16 @@ def test_krr_on_frozen_embeddings_needs_an_encoder_and_runs_from_the_cli(tmp_pat
     assert list(rows.model) == ["krr", "krr"] and set(rows.features) == {str(pretrained_ckpt)}
     assert (rows.n_train == 30).all() and (rows.mae > 0).all()
     assert "embeddings in" in capsys.readouterr().out
+
+
+def test_hurdle_model_predicts_the_minimum_where_it_is_likely_and_refuses_targets_without_one():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, size=(600, 3))
+    y = np.where(x[:, 0] > 0, 1.0 + 2 * x[:, 1] ** 2 + x[:, 0], 0.0)  # "metals" (half) at exactly 0
+    features, train, test = pd.DataFrame(x), np.arange(400), np.arange(400, 600)
+    predicted, _ = baselines.fit_predict(features, y, train, test, "hurdle_hist_gb", seed=0)
+    zero = y[test] == 0
+    assert (predicted[zero] == 0).mean() > 0.9 and (predicted[~zero] > 0).all()
+    assert np.abs(predicted - y[test]).mean() < 0.2 * np.abs(y[test] - np.median(y[train])).mean()
+    with pytest.raises(ConfigError, match="sit at their minimum"):
+        baselines.fit_predict(features, x[:, 1], train, test, "hurdle_hist_gb", seed=0)

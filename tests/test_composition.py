@@ -252,13 +252,30 @@ def test_the_dft_to_expt_study_tests_the_dft_model_zero_shot_and_counts_the_rows
     assert "MAE freeze-1" in text and "MAE freeze-2" in text
 
 
-def test_feature_baselines_run_on_composition_only_tables_with_the_composition_sets(comp_sources, tmp_path):
-    out = tmp_path / "baselines.csv"
-    assert main(["-q", "--threads", "1", "baseline", "--data", "expt_gap_comp", "--data-sources", str(comp_sources),
-                 "--n", "60", "--seeds", "0", "--models", "hist_gb", "--output", str(out)]) == 0
-    rows = pd.read_csv(out)
+def test_feature_baselines_on_compositions_read_a_dft_model_s_predictions_unless_it_saw_a_test_row(
+        comp_sources, tmp_path, capsys):
+    def baseline(name: str, *sources: Path) -> int:
+        return main(["-q", "--threads", "1", "baseline", "--data", "expt_gap_comp", "--data-sources",
+                     str(comp_sources), "--n", "60", "--seeds", "0", "1", "--models", "hist_gb",
+                     "--output", str(tmp_path / f"{name}.csv"), *(["--source-features", *map(str, sources)]
+                                                                  if sources else [])])
+
+    assert baseline("plain") == 0
     # Magpie (132) + Stoichiometry (6) + ValenceOrbital (8): the composition sets, no structure features
-    assert list(rows.n_features) == [146] and rows.mae.iloc[0] > 0
+    plain = pd.read_csv(tmp_path / "plain.csv")
+    assert list(plain.n_features) == [146, 146] and (plain.mae > 0).all()
+
+    blind = {"dataset": "bandgap_comp", "exclude_formulas_of": ["expt_gap_comp"]}
+    _train(tmp_path, "blind", comp_sources, blind, model={"encoder": ELEMNET})
+    assert baseline("dft", tmp_path / "blind" / "model.ckpt") == 0
+    dft = pd.read_csv(tmp_path / "dft.csv")
+    assert list(dft.n_features) == [147, 147] and not np.allclose(dft.mae, plain.mae)
+
+    # A DFT model that trained on some of the experimental test compositions would leak them: refused.
+    _train(tmp_path, "seen", comp_sources, {"dataset": "bandgap_comp"}, model={"encoder": ELEMNET})
+    capsys.readouterr()
+    assert baseline("leak", tmp_path / "seen" / "model.ckpt") == 2
+    assert "test structures of expt_gap_comp were in the pre-training" in capsys.readouterr().err
     from mattransfer.featurizers import featurize
 
     with pytest.raises(ValueError, match="compositions have only the feature sets"):

@@ -204,6 +204,13 @@ def test_baseline_with_an_options_file_is_a_one_line_error(tmp_path, capsys):
     assert error.count("\n") == 1 and "--baseline" in error and str(options) in error
 
 
+def test_source_features_without_a_baseline_is_a_one_line_error(tmp_path, capsys):
+    assert main(["matbench", "matbench_phonons", "--source-features", "cgcnn-mp:band-gap",
+                 "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--source-features" in error
+
+
 def test_seed_override_and_a_seed_ensemble_of_two_results_directories(fold0, tmp_path):
     """`--seed` reseeds every fold (fold K: seed + K); bench/matbench_ensemble.py scores the members' mean."""
     import importlib.util

@@ -169,10 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
     matbench.add_argument("--options", type=Path, help="options YAML as for `train` (model, training, finetune …);"
                                                        " its data section may only hold val_fraction (default: the"
                                                        " default model and training)")
-    matbench.add_argument("--baseline", choices=["extra_trees", "hist_gb", "hist_gb_l1"],
+    matbench.add_argument("--baseline", choices=["extra_trees", "hist_gb", "hist_gb_l1", "hurdle_hist_gb"],
                           help="a feature baseline instead of a network (no options file): extra_trees (500 trees),"
-                               " hist_gb or hist_gb_l1 (absolute-error loss) on matminer features of the task's structures (cached), trained on"
-                               " all of each fold's train ids")
+                               " hist_gb, hist_gb_l1 (absolute-error loss) or hurdle_hist_gb (a classifier of"
+                               " 'above the minimum' and a regressor above it: band gaps) on matminer features of"
+                               " the task's structures or compositions (cached), trained on all of each fold's"
+                               " train ids")
+    matbench.add_argument("--source-features", nargs="+", default=[], metavar="CKPT|NAME",
+                          help="with --baseline: frozen models (model.ckpt or pre-trained names) whose predictions"
+                               " join the features, e.g. a DFT band-gap model for experimental gaps; a model that"
+                               " trained on a fold's test rows is refused")
     matbench.add_argument("--out", type=Path, required=True, help="results directory (one run directory per fold)")
     matbench.add_argument("--folds", type=int, nargs="+", metavar="K", help="only these folds (0-4; default: all five)")
     matbench.add_argument("--data-sources", type=Path, help="data-sources YAML whose data_dir holds the task's file"
@@ -195,13 +201,18 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--data", required=True, help="a dataset key (see `mattransfer datasets`)")
     baseline.add_argument("--n", required=True, type=_positive_int, help="labelled samples, as a fine-tune's n_samples")
     baseline.add_argument("--seeds", type=_non_negative_int, nargs="+", default=[0, 1, 2], help="subset seeds (default: 0 1 2)")
-    baseline.add_argument("--models", nargs="+", choices=["extra_trees", "hist_gb", "hist_gb_l1", "krr"],
+    baseline.add_argument("--models", nargs="+",
+                          choices=["extra_trees", "hist_gb", "hist_gb_l1", "hurdle_hist_gb", "krr"],
                           default=["extra_trees", "hist_gb"],
                           help="models to fit (default: extra_trees hist_gb): extra_trees (500 trees), hist_gb,"
-                               " hist_gb_l1 (absolute-error loss), krr (RBF kernel ridge on --encoder's frozen"
-                               " embeddings, α and γ by 5-fold CV on the training rows)")
+                               " hist_gb_l1 (absolute-error loss), hurdle_hist_gb (a classifier of 'above the"
+                               " minimum' and a regressor above it: band gaps), krr (RBF kernel ridge on"
+                               " --encoder's frozen embeddings, α and γ by 5-fold CV on the training rows)")
     baseline.add_argument("--encoder", metavar="CKPT|NAME", help="frozen encoder whose pooled embeddings krr reads: a"
                           " model.ckpt or a pre-trained name (cgcnn-mp:formation-energy, chgnet:0.3.0)")
+    baseline.add_argument("--source-features", nargs="+", default=[], metavar="CKPT|NAME",
+                          help="frozen models (model.ckpt or pre-trained names) whose predictions join the trees'"
+                               " features; a model that trained on a test row is refused")
     baseline.add_argument("--data-sources", type=Path, help="data-sources YAML (default: $MATTRANSFER_DATA_SOURCES)")
     baseline.add_argument("-o", "--output", type=Path, help="write one CSV row per (model, seed) here")
     baseline.set_defaults(handler=_baseline)
@@ -507,7 +518,8 @@ def _matbench(args: argparse.Namespace) -> None:
 
     given = (("device", args.device), ("threads", args.threads), ("seed", args.seed))
     overrides = {k: v for k, v in given if v is not None}
-    results = run_matbench(args.task, args.options, args.out, baseline=args.baseline, folds=args.folds,
+    results = run_matbench(args.task, args.options, args.out, baseline=args.baseline,
+                           source_features=args.source_features, folds=args.folds,
                            data_sources=args.data_sources, overrides=overrides, command="mattransfer " + shlex.join(args.argv),
                            progress=not args.quiet)
     maes = ", ".join(f"fold {r.fold} {r.metrics['test']['mae']:.4g}" for r in results)
@@ -532,7 +544,8 @@ def _baseline(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     table = _sources(args.data_sources).load(args.data)
     results, featurized = run_baselines(table, args.n, list(dict.fromkeys(args.seeds)), args.models,
-                                        progress=not args.quiet, encoder=args.encoder)
+                                        progress=not args.quiet, encoder=args.encoder,
+                                        source_features=args.source_features)
     if args.output:
         with atomic_path(args.output, ".csv") as tmp:
             results.to_csv(tmp, index=False)

@@ -20,7 +20,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,7 +34,7 @@ from mattransfer.errors import ConfigError, DataError, read_yaml
 from mattransfer.fileio import atomic_path, write_atomic, write_json
 from mattransfer.featurizers import COMPOSITION_SETS, FEATURE_SETS, table_features
 from mattransfer.training.baselines import MODELS as BASELINES
-from mattransfer.training.baselines import make_model, run_split
+from mattransfer.training.baselines import make_model, run_split, source_predictions
 
 log = logging.getLogger("mattransfer")
 
@@ -165,13 +165,14 @@ FitFold = Callable[[int, Split, Path], dict[str, Any]]  # (fold, split, run dire
 
 
 def run_matbench(task_name: str, options: Path | None, out: Path, *, baseline: str | None = None,
-                 folds: list[int] | None = None, data_sources: Path | None = None,
+                 source_features: Sequence[str] = (), folds: list[int] | None = None, data_sources: Path | None = None,
                  overrides: dict[str, Any] | None = None, command: str = "", progress: bool = True) -> list[FoldResult]:
     """Run the task's folds not yet finished under ``out``; write ``results.md`` and ``results.json`` of every
     fold finished there, and return those folds' results.
 
-    ``baseline``: a feature model of `training.baselines` (extra_trees, hist_gb, hist_gb_l1) instead of the options'
-    network; it takes no options file. ``overrides``: options the command line gives (device, threads, seed), over
+    ``baseline``: a feature model of `training.baselines` (extra_trees, hist_gb, hist_gb_l1, hurdle_hist_gb) instead
+    of the options' network; it takes no options file. ``source_features``: frozen models (checkpoints or pre-trained
+    names) whose predictions join the baseline's features; none may have trained on a fold's test rows. ``overrides``: options the command line gives (device, threads, seed), over
     the options file's.
     """
     task = task_of(task_name)
@@ -184,6 +185,8 @@ def run_matbench(task_name: str, options: Path | None, out: Path, *, baseline: s
                           " training/baselines.py's); give the data with --data-sources.")
     if baseline is not None and baseline not in BASELINES:
         raise ConfigError(f"--baseline: unknown model {baseline!r}; known: {', '.join(BASELINES)}.")
+    if source_features and baseline is None:
+        raise ConfigError("--source-features: only a --baseline reads other models' predictions as features.")
     raw = {**read_options(options), **(overrides or {})}
     sources_path = data_sources or raw.get("data_sources")
     sources = DataSources.from_yaml(Path(sources_path)) if sources_path else DataSources.from_env()
@@ -195,8 +198,8 @@ def run_matbench(task_name: str, options: Path | None, out: Path, *, baseline: s
         fit_fold, record = _network_folds(config, table, progress), config.resolved()
         val_fraction = config.data.val_fraction
     else:
-        fit_fold = _baseline_folds(baseline, config.seed, table, progress)
-        record = _baseline_record(baseline, config.seed, table)
+        fit_fold = _baseline_folds(baseline, config.seed, table, progress, source_features)
+        record = {**_baseline_record(baseline, config.seed, table), "source_features": list(source_features)}
         val_fraction = 0.0  # trees need no early stopping: each fold trains on all its train ids
     present = set(table.ids)
     folds_ids = fold_ids(task.name)
@@ -240,15 +243,20 @@ def _network_folds(config: TrainConfig, table: PropertyTable, progress: bool) ->
     return fit_fold
 
 
-def _baseline_folds(model: str, seed: int, table: PropertyTable, progress: bool) -> FitFold:
+def _baseline_folds(model: str, seed: int, table: PropertyTable, progress: bool,
+                    source_features: Sequence[str] = ()) -> FitFold:
     """Each fold one `training.baselines.run_split` of ``model``, seeded by the fold, on the features of all the
-    task's rows: made (or read from the cache) once, at the first fold that runs."""
+    task's rows, with the predictions of the frozen ``source_features`` models: made (or read from the cache)
+    once, at the first fold that runs."""
     made: dict[str, Any] = {}
 
     def fit_fold(fold: int, split: Split, run_dir: Path) -> dict[str, Any]:
         if not made:
-            made["features"], made["record"] = table_features(table, progress)
-        return run_split(made["features"], table, split, model, seed + fold, run_dir, made["record"])
+            features, made["record"] = table_features(table, progress)
+            predictions, made["sources"] = source_predictions(source_features, table, progress)
+            made["features"] = pd.concat([features, predictions], axis=1)
+            made["record"]["source_features"] = list(source_features)
+        return run_split(made["features"], table, split, model, seed + fold, run_dir, made["record"], made["sources"])
 
     return fit_fold
 

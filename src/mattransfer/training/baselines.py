@@ -1,5 +1,6 @@
-"""Baselines that are not transfer learning: scikit-learn trees on hand-made features, and kernel ridge
-on a frozen encoder's pooled embeddings (no fine-tuning).
+"""Models that fine-tune nothing: scikit-learn trees on hand-made features, optionally with frozen source
+models' predictions as extra features (transfer through features), and kernel ridge on a frozen encoder's
+pooled embeddings.
 
 They train on the same labelled samples a fine-tune of (dataset, n, seed) draws — its train *and*
 val ids, since these models need no early stopping (kernel ridge picks α and γ by cross-validation
@@ -15,8 +16,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
+from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.compose import TransformedTargetRegressor
-from sklearn.ensemble import ExtraTreesRegressor, HistGradientBoostingRegressor
+from sklearn.ensemble import ExtraTreesRegressor, HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.impute import SimpleImputer
 from sklearn.kernel_ridge import KernelRidge
 from sklearn.model_selection import GridSearchCV, KFold
@@ -31,15 +34,45 @@ from mattransfer.fileio import write_json
 from mattransfer.graphs.inputs import row_keys
 from mattransfer.models.model import TransferModel, load_source
 from mattransfer.provenance import provenance
-from mattransfer.training.job import featurize
+from mattransfer.training.job import check_test_overlap, featurize
 from mattransfer.training.latents import cached_latents
 from mattransfer.training.metrics import regression_metrics
 
-MODELS = ("extra_trees", "hist_gb", "hist_gb_l1")  # on matminer features
+MODELS = ("extra_trees", "hist_gb", "hist_gb_l1", "hurdle_hist_gb")  # on matminer features
 EMBEDDING_MODELS = ("krr",)  # on a frozen encoder's embeddings
 # RBF kernel ridge on standardised features and target: α and γ by 5-fold CV (MAE) on the training rows.
 # γ spans 1/d-like scales of 64-256-dimensional embeddings (bench/pooling_krr.py's grid, widened: it picked its edge).
 KRR_GRID = {"alpha": [1e-3, 1e-2, 1e-1, 1.0], "gamma": [1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]}
+
+
+MIN_AT_FLOOR = 0.1  # the hurdle model needs this share of training targets at their minimum
+
+
+class HurdleRegressor(RegressorMixin, BaseEstimator):
+    """A two-part model for targets with many rows at their minimum (band gaps: metals at 0 eV): a classifier
+    of "above the minimum" and a regressor fitted on the rows above it. It predicts the minimum where the
+    classifier gives that probability ≥ 0.5 — then the minimum is the median of the predicted distribution,
+    what minimises the absolute error — and the regressor's value elsewhere."""
+
+    def __init__(self, classifier: Any, regressor: Any) -> None:
+        self.classifier = classifier
+        self.regressor = regressor
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> HurdleRegressor:
+        y = np.asarray(y, dtype=float)
+        self.floor_ = float(y.min())
+        above = y > self.floor_
+        if (~above).mean() < MIN_AT_FLOOR or above.sum() < 2:
+            raise ConfigError(f"hurdle model: {int((~above).sum())} of {len(y)} training targets sit at their minimum"
+                              f" {self.floor_:g}; it is for targets with at least {MIN_AT_FLOOR:.0%} of the rows at one"
+                              " lowest value (band gaps of metals): use hist_gb_l1.")
+        self.classifier_ = clone(self.classifier).fit(X, above)
+        self.regressor_ = clone(self.regressor).fit(X[above], y[above])
+        return self
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        p_above = self.classifier_.predict_proba(X)[:, list(self.classifier_.classes_).index(True)]
+        return np.where(p_above > 0.5, self.regressor_.predict(X), self.floor_)
 
 
 def make_model(name: str, seed: int, n_train: int | None = None):
@@ -54,6 +87,11 @@ def make_model(name: str, seed: int, n_train: int | None = None):
         # Absolute-error loss: the metric is MAE, and on heavy-tailed targets (dielectric's refractive index)
         # squared error chases the few extreme rows.
         model = HistGradientBoostingRegressor(loss="absolute_error", random_state=seed)
+    elif name == "hurdle_hist_gb":
+        # Smaller steps, more of them than hist_gb's defaults (lr 0.1, 100): each part sees part of the rows.
+        model = HurdleRegressor(
+            HistGradientBoostingClassifier(max_iter=500, learning_rate=0.05, random_state=seed),
+            HistGradientBoostingRegressor(loss="absolute_error", max_iter=1000, learning_rate=0.05, random_state=seed))
     elif name == "krr":
         folds = KFold(max(2, min(5, (n_train or 10) // 2)), shuffle=True, random_state=seed)
         search = GridSearchCV(KernelRidge(kernel="rbf"), KRR_GRID, cv=folds, scoring="neg_mean_absolute_error")
@@ -80,10 +118,11 @@ def fit_and_score(features: pd.DataFrame, y: np.ndarray, train_rows: np.ndarray,
 
 
 def run_split(features: pd.DataFrame, table: PropertyTable, split: Split, model: str, seed: int,
-              run_dir: Path, featurized: dict[str, Any]) -> dict[str, Any]:
+              run_dir: Path, featurized: dict[str, Any], sources: Sequence[TransferModel] = ()) -> dict[str, Any]:
     """A run directory as `training.run.run` writes one, for a baseline: ``model`` fitted on the split's train
     and val ids (trees need no early stopping), tested on its test ids. ``features``: one row per row of
-    ``table``; ``featurized``: how they were made (sets, seconds, cached), recorded in the metrics.
+    ``table``; ``featurized``: how they were made (sets, seconds, cached), recorded in the metrics;
+    ``sources``: the models whose predictions are among the features (`source_predictions`).
 
     Writes ``split.json``, ``test_predictions.csv`` and, last, ``metrics.json`` (the run's result schema;
     no epochs); returns the metrics.
@@ -91,6 +130,8 @@ def run_split(features: pd.DataFrame, table: PropertyTable, split: Split, model:
     start = time.perf_counter()
     train_ids = _training_ids(split)
     assert_disjoint(train_ids, [], split.test)  # a test id in training raises LeakError
+    for source in sources:  # a source trained on a test row would leak it through its prediction
+        check_test_overlap(source, table, split, allow=False)
     position = {row_id: k for k, row_id in enumerate(table.ids)}
     train_rows = np.array([position[i] for i in train_ids])
     test_rows = np.array([position[i] for i in split.test])
@@ -111,13 +152,15 @@ def run_split(features: pd.DataFrame, table: PropertyTable, split: Split, model:
 
 
 def run_baselines(table: PropertyTable, n: int, seeds: Sequence[int], models: Sequence[str] = MODELS,
-                  progress: bool = True, encoder: str | Path | None = None) -> tuple[pd.DataFrame, dict]:
+                  progress: bool = True, encoder: str | Path | None = None,
+                  source_features: Sequence[str] = ()) -> tuple[pd.DataFrame, dict]:
     """One row per (model, seed): test metrics of each model trained on the fine-tune subset of (n, seed).
 
-    Trees read matminer features (`featurizers.table_features`); ``krr`` reads the pooled embeddings of the
-    frozen ``encoder`` (a checkpoint or a package's pre-trained model by name, e.g. ``chgnet:0.3.0``), from
-    the latent cache. Returns the rows and featurization stats (sets, rows, seconds, whether read from the
-    cache). Only the rows some split uses are featurized, once for all seeds.
+    Trees read matminer features (`featurizers.table_features`) and the predictions of the frozen
+    ``source_features`` models (`source_predictions`; none may have trained on a test row); ``krr`` reads the
+    pooled embeddings of the frozen ``encoder`` (a checkpoint or a package's pre-trained model by name, e.g.
+    ``chgnet:0.3.0``), from the latent cache. Returns the rows and featurization stats (sets, rows, seconds,
+    whether read from the cache). Only the rows some split uses are featurized, once for all seeds.
     """
     unknown = [m for m in models if m not in MODELS + EMBEDDING_MODELS]
     if unknown:
@@ -131,9 +174,12 @@ def run_baselines(table: PropertyTable, n: int, seeds: Sequence[int], models: Se
     rows = table.subset(used)  # table order, so the cache key does not depend on seeds' set order
     inputs: dict[str, pd.DataFrame] = {}
     stats = {"rows": len(rows), "seconds": 0.0, "cached": True}
+    sources: list[TransferModel] = []
     if any(m in MODELS for m in models):
-        inputs["matminer"], made = table_features(rows, progress)
-        stats.update(made)
+        features, made = table_features(rows, progress)
+        predictions, sources = source_predictions(source_features, rows, progress)
+        inputs["matminer"] = pd.concat([features, predictions], axis=1)
+        stats.update(made, source_features=list(source_features))
     if source is not None:
         start = time.perf_counter()
         inputs[str(encoder)] = pd.DataFrame(frozen_embeddings(source, rows, progress))
@@ -141,6 +187,8 @@ def run_baselines(table: PropertyTable, n: int, seeds: Sequence[int], models: Se
     y = pd.Series(rows.y, index=rows.ids)
     records = []
     for seed, split in splits.items():
+        for source in sources:  # a source trained on a test row would leak it through its prediction
+            check_test_overlap(source, rows, split, allow=False)
         for model in models:
             name = "matminer" if model in MODELS else str(encoder)
             scores = score_split(inputs[name].set_axis(rows.ids), y, split, model, seed)
@@ -148,6 +196,20 @@ def run_baselines(table: PropertyTable, n: int, seeds: Sequence[int], models: Se
                             "features": name, "n": n, "seed": seed, "n_train": scores.pop("n_train"),
                             "n_test": scores.pop("n"), "n_features": inputs[name].shape[1], **scores})
     return pd.DataFrame(records), stats
+
+
+def source_predictions(sources: Sequence[str | Path], table: PropertyTable,
+                       progress: bool = False) -> tuple[pd.DataFrame, list[TransferModel]]:
+    """Each frozen source model's prediction for every row of ``table`` — in its own target's unit, the head's
+    value unclipped — as a column ``source|<name>``, and the models (for `check_test_overlap`): transfer through
+    features, e.g. what a model of 100k DFT band gaps says of each composition, for a tree model of measured ones."""
+    models = [load_source(source) for source in sources]
+    columns = {}
+    for source, model in zip(sources, models):
+        latent = torch.from_numpy(frozen_embeddings(model.eval(), table, progress)).float()
+        with torch.no_grad():
+            columns[f"source|{source}"] = model.predict_latent(latent, clip=False).numpy().ravel()
+    return pd.DataFrame(columns), models
 
 
 def score_split(features: pd.DataFrame, y: pd.Series, split: Split, model: str, seed: int) -> dict:
