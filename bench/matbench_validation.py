@@ -1,10 +1,13 @@
 """Compare feature baselines on the Matbench folds' *validation* splits, never their test ids: on each
 fold, a seeded 10 % of its train ids (the split `mattransfer matbench` gives a network, seed = fold) is
 held out, the models of `training.baselines` fit on the rest and are scored there. Used to choose a
-baseline's settings without looking at the test folds.
+baseline's settings — its model, and which frozen source models' predictions join its features — without
+looking at the test folds.
 
     python bench/matbench_validation.py matbench_dielectric --models hist_gb hist_gb_l1 \\
         --data-sources configs/shared-data.yaml > docs/results/matbench/validation_dielectric.md
+    python bench/matbench_validation.py matbench_expt_gap --models hist_gb hurdle_hist_gb \\
+        --source-features DFT_GAP.ckpt --data-sources configs/shared-data.yaml
 """
 
 from __future__ import annotations
@@ -13,25 +16,30 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from mattransfer.data.registry import DataSources
-from mattransfer.featurizers import cached_features
+from mattransfer.featurizers import table_features
 from mattransfer.matbench import fold_ids, fold_split, load_task, task_file, task_of
-from mattransfer.training.baselines import MODELS, fit_and_score
+from mattransfer.training.baselines import MODELS, fit_and_score, source_predictions
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("task")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--source-features", nargs="*", default=[], help="as `matbench --source-features`")
     parser.add_argument("--data-sources", type=Path, required=True)
     args = parser.parse_args()
     task = task_of(args.task)
     _, table = load_task(task, task_file(task, DataSources.from_yaml(args.data_sources)))
-    features = cached_features(table.structures, progress=False, name=table.name)  # as `matbench --baseline`
+    # As `matbench --baseline --source-features` (which checks, per fold, that no source saw a test row).
+    predictions, _ = source_predictions(args.source_features, table)
+    features = pd.concat([table_features(table, progress=False)[0], predictions], axis=1)
     position = {row_id: k for k, row_id in enumerate(table.ids)}
     maes: dict[str, list[float]] = {model: [] for model in args.models}
     print(f"# {task.name}: validation MAE ({table.unit}) of feature baselines, test ids unused\n")
+    print(f"Features: {features.shape[1]} ({', '.join(args.source_features) or 'no source models'})\n")
     print("| fold | n fit | n val | " + " | ".join(args.models) + " |")
     print("|---|---|---|" + "---|" * len(args.models))
     for fold, (train_ids, test_ids) in enumerate(fold_ids(task.name)):
