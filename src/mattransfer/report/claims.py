@@ -27,6 +27,7 @@ import pandas as pd
 
 from mattransfer.report import analysis as an
 from mattransfer.report import uncertainty as un
+from mattransfer.report import yardsticks as ys
 from mattransfer.study.results import transfer_gain
 
 BLOCK = re.compile(r"<!-- claims (?P<dir>\S+) (?P<kind>\w+) -->\n(?P<text>.*?)<!-- /claims -->", re.S)
@@ -61,15 +62,17 @@ def summary(results_dir: Path) -> str:
     pairs = an.pair_gains(cells)
     full = pairs[pairs["method"] == "full"].nlargest(2, "gain_mean")
     top = ", ".join(f"{r.target} ← {r.source} {_pct(r.gain_mean)}" for r in full.itertuples())
+    report = "report.md" if (results_dir / "report.md").is_file() else "report/report.md"  # as committed
     text = [
         f"**On the real data** ({len(seeds)} seed{'s' if len(seeds) > 1 else ''}, {done} trainings, {failed} failed; "
-        f"[report](docs/results/{name}/report.md), results table `docs/results/{name}/results.csv`; "
+        f"[report](docs/results/{name}/{report}), results table `docs/results/{name}/results.csv`; "
         f"this paragraph is generated from them by `{COMMAND}`).",
         "Single runs without confidence intervals: the tasks' test predictions are not committed, so no cell is "
         "called helped or hurt." if not predictions and len(seeds) < 2 else
         "Each cell's gain has a confidence interval (see the report).",
         f"Per method: {per_method}.",
-        f"The largest mean gains over fine-tune sizes with `full` were {top}.",
+        f"The largest mean gains over fine-tune sizes with `full` were {top}." if top else "",
+        _versus_baselines(rows1, ys.baseline_rows(results, 1)),
         _relatedness(cells, an.load_relatedness(results_dir)),
         _part3(an.finetune_rows(results, 3)),
         _part2(an.finetune_rows(results, 2), rows1, broken),
@@ -77,10 +80,23 @@ def summary(results_dir: Path) -> str:
     return " ".join(t for t in text if t) + "\n"
 
 
+def _versus_baselines(rows: pd.DataFrame, baselines: pd.DataFrame) -> str:
+    if baselines.empty:
+        return ""
+    table = ys.versus_baselines(rows, baselines)
+    won = table[table["margin"] > 0]
+    never = sorted(set(table["target"]) - set(won["target"]))
+    return (f"The best transfer run beat the best model without transfer (scratch or a feature baseline, same "
+            f"subsets and test sets; both picked on the test set) in {len(won)} of {len(table)} (target, size) "
+            "cells" + (f", never on {', '.join(never)}." if never else "."))
+
+
 def _relatedness(cells: pd.DataFrame, relatedness: pd.DataFrame | None) -> str:
-    if relatedness is None:
+    if relatedness is None or cells.empty:
         return ""
     test = an.relatedness_test(cells, relatedness)
+    if test.empty:
+        return ""
     words = "; ".join(f"`{r.method}` Spearman ρ = {r.spearman_rho:+.2f}, p = {r.p_value:.2g}, {r.n_pairs} pairs"
                       for r in test.itertuples())
     return f"The pair gains show no significant rank correlation with property relatedness ({words})." \
