@@ -24,7 +24,9 @@ def model_name(run_dir: Path) -> str:
     """extra_trees / hist_gb (features), CGCNN from scratch, or the fine-tune's method and source."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
     if metrics.get("features"):
-        return f"features + {metrics['method']}"
+        sources = [Path(s).parent.name if s.endswith(".ckpt") else s
+                   for s in metrics["features"].get("source_features", [])]
+        return f"features{''.join(f' + {s} prediction' for s in sources)} → {metrics['method']}"
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     base_seed = config["seed"] - int(run_dir.name.split("_")[1])  # fold K runs with the command's seed + K
     seed = f", seed {base_seed}" if base_seed else ""
