@@ -165,15 +165,16 @@ FitFold = Callable[[int, Split, Path], dict[str, Any]]  # (fold, split, run dire
 
 
 def run_matbench(task_name: str, options: Path | None, out: Path, *, baseline: str | None = None,
-                 source_features: Sequence[str] = (), folds: list[int] | None = None, data_sources: Path | None = None,
+                 source_features: Sequence[str] = (), folds: list[int] | None = None,
+                 data_sources: Path | None = None,
                  overrides: dict[str, Any] | None = None, command: str = "", progress: bool = True) -> list[FoldResult]:
     """Run the task's folds not yet finished under ``out``; write ``results.md`` and ``results.json`` of every
     fold finished there, and return those folds' results.
 
     ``baseline``: a feature model of `training.baselines` (extra_trees, hist_gb, hist_gb_l1, hurdle_hist_gb) instead
-    of the options' network; it takes no options file. ``source_features``: frozen models (checkpoints or pre-trained
-    names) whose predictions join the baseline's features; none may have trained on a fold's test rows. ``overrides``: options the command line gives (device, threads, seed), over
-    the options file's.
+    of the options' network; it takes no options file. ``source_features``: frozen models (checkpoints or
+    pre-trained names) whose predictions join the baseline's features; none may have trained on a fold's test
+    rows. ``overrides``: options the command line gives (device, threads, seed), over the options file's.
     """
     task = task_of(task_name)
     folds = list(range(N_FOLDS)) if folds is None else folds

@@ -50,8 +50,8 @@ MIN_AT_FLOOR = 0.1  # the hurdle model needs this share of training targets at t
 
 class HurdleRegressor(RegressorMixin, BaseEstimator):
     """A two-part model for targets with many rows at their minimum (band gaps: metals at 0 eV): a classifier
-    of "above the minimum" and a regressor fitted on the rows above it. It predicts the minimum where the
-    classifier gives that probability ≥ 0.5 — then the minimum is the median of the predicted distribution,
+    of "above the minimum" and a regressor fitted on the rows above it. Where the classifier puts the row at the
+    minimum with probability ≥ 0.5 it predicts the minimum — then the median of the predicted distribution,
     what minimises the absolute error — and the regressor's value elsewhere."""
 
     def __init__(self, classifier: Any, regressor: Any) -> None:
