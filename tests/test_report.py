@@ -261,7 +261,8 @@ def test_reference_lines_carry_their_labels_and_series_never_share_a_method_colo
     figure = curves_figure(stats, title="t", xlabel="n", baseline=lines)
     legend = [t.get_text() for t in figure.legends[0].get_texts()]
     assert legend == ["scratch", "freeze-2", "DFT model, zero-shot"]
-    colors = series_colors(["heads", "full", "freeze", "lora", "freeze-1", "freeze-2", "freeze-4", "eform"])
+    names = ["heads", "full", "freeze", "lora", "freeze-1", "freeze-2", "freeze-4"] + [f"target{k}" for k in range(9)]
+    colors = series_colors(names)
     assert len(set(colors.values())) == len(colors)
 
 

@@ -34,7 +34,8 @@ def series_colors(names: list[str]) -> dict[str, str]:
     """Scratch and the methods keep their colour in every figure; other series (sources, labelled methods such
     as freeze-2) take the tab10 colours no method has, in order."""
     taken = {mpl.colors.to_hex(c) for c in METHOD_COLORS.values()}
-    others = itertools.cycle([c for c in map(mpl.colors.to_hex, mpl.colormaps["tab10"].colors) if c not in taken])
+    palette = [*mpl.colormaps["tab10"].colors, *mpl.colormaps["tab20"].colors[1::2]]  # then tab10's light shades
+    others = itertools.cycle([c for c in map(mpl.colors.to_hex, palette) if c not in taken])
     return {name: METHOD_COLORS.get(name) or mpl.colors.to_hex(next(others)) for name in names}
 
 
@@ -111,7 +112,7 @@ def curves_figure(stats: pd.DataFrame, *, title: str, xlabel: str, xscale: str =
         ax.grid(alpha=0.3)
     rank = {s: i for i, s in enumerate(series_order)}
     names = sorted(handles, key=lambda s: rank.get(s, len(rank)))  # a scratch baseline goes last
-    figure.legend([handles[s] for s in names], names, loc="outside right upper")
+    figure.legend([handles[s] for s in names], names, loc="outside right center")
     figure.suptitle(title)
     return figure
 
@@ -134,7 +135,7 @@ def scatter_figure(points: pd.DataFrame, *, title: str, xlabel: str, ylabel: str
         ax.set_title(panel)
         ax.grid(alpha=0.3)
     figure.legend([handles[n] for n in names if n in handles], [n for n in names if n in handles],
-                  loc="outside right upper")
+                  loc="outside right center")
     figure.suptitle(title)
     return figure
 
