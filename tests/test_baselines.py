@@ -129,3 +129,16 @@ def test_hurdle_model_predicts_the_minimum_where_it_is_likely_and_refuses_target
     assert np.abs(predicted - y[test]).mean() < 0.2 * np.abs(y[test] - np.median(y[train])).mean()
     with pytest.raises(ConfigError, match="sit at their minimum"):
         baselines.fit_predict(features, x[:, 1], train, test, "hurdle_hist_gb", seed=0)
+
+
+def test_absolute_error_trees_refuse_targets_whose_median_is_their_minimum():
+    """There scikit-learn's absolute-error HistGB never leaves its start (the median) and predicts a constant."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(400, 3))
+    features, train, test = pd.DataFrame(x), np.arange(300), np.arange(300, 400)
+    mostly_zero = np.where(x[:, 0] > 0.55, 1 + 3 * x[:, 1], 0.0)
+    with pytest.raises(ConfigError, match="use hurdle_hist_gb"):
+        baselines.fit_predict(features, mostly_zero, train, test, "hist_gb_l1", seed=0)
+    some_zero = np.where(x[:, 0] > 0.3, 1 + 3 * x[:, 1], 0.0)
+    predicted, _ = baselines.fit_predict(features, some_zero, train, test, "hist_gb_l1", seed=0)
+    assert predicted.std() > 0.5
