@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
 from mattransfer.cli import main
 from mattransfer.data.splits import make_split
@@ -129,6 +130,37 @@ def test_hurdle_model_predicts_the_minimum_where_it_is_likely_and_refuses_target
     assert np.abs(predicted - y[test]).mean() < 0.2 * np.abs(y[test] - np.median(y[train])).mean()
     with pytest.raises(ConfigError, match="sit at their minimum"):
         baselines.fit_predict(features, x[:, 1], train, test, "hurdle_hist_gb", seed=0)
+
+
+def test_hurdle_model_predicts_the_median_of_its_mixture_not_of_the_rows_above():
+    """Where 70 % of rows are above 0 whatever the features, the MAE-optimal value is the mixture's median:
+    the (0.7 − 0.5) / 0.7 ≈ 0.29 quantile of the values above (uniform on [1, 3]: 1.57), not their median (2)."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(4000, 2))
+    y = np.where(rng.uniform(size=4000) < 0.7, rng.uniform(1, 3, size=4000), 0.0)
+    train, test = np.arange(3000), np.arange(3000, 4000)
+    simple = dict(classifier=HistGradientBoostingClassifier(max_iter=20, random_state=0),
+                  regressor=HistGradientBoostingRegressor(max_iter=20, random_state=0))
+    mixture = baselines.HurdleRegressor(**simple).fit(x[train], y[train]).predict(x[test])
+    above_median = baselines.HurdleRegressor(**simple, quantiles=(0.5,)).fit(x[train], y[train]).predict(x[test])
+    assert np.median(mixture) == pytest.approx(1 + 2 * 0.2 / 0.7, abs=0.15)
+    assert np.median(above_median) == pytest.approx(2.0, abs=0.15)
+    assert np.abs(mixture - y[test]).mean() < np.abs(above_median - y[test]).mean()
+
+
+def test_hurdle_model_learns_what_a_source_prediction_misses_and_extrapolates_with_it():
+    """A source column (``source|…``) is the regressors' linear offset: beyond the training range of the
+    source's values the trees alone stay flat, the offset carries on."""
+    rng = np.random.default_rng(0)
+    n = 600
+    features = pd.DataFrame({"metal": rng.uniform(size=n), "source|dft": np.r_[rng.uniform(0, 1, 400), rng.uniform(1, 2, 200)]})
+    y = np.where(features["metal"] < 0.5, 0.0, 0.5 + 2 * features["source|dft"].to_numpy())  # "metals" below 0.5
+    train, test = np.arange(400), np.arange(400, n)
+    with_offset, _ = baselines.fit_predict(features, y, train, test, "hurdle_hist_gb", seed=0)
+    trees_only, _ = baselines.fit_predict(features.rename(columns={"source|dft": "dft"}), y, train, test,
+                                          "hurdle_hist_gb", seed=0)
+    above = y[test] > 0
+    assert np.abs(with_offset - y[test])[above].mean() < 0.3 < np.abs(trees_only - y[test])[above].mean()
 
 
 def test_absolute_error_trees_refuse_targets_whose_median_is_their_minimum():

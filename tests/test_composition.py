@@ -23,6 +23,7 @@ from mattransfer.graphs.inputs import cached_inputs
 from mattransfer.models.encoders.element_attention import fraction_encoding
 from mattransfer.models.encoders.magpie_mlp import magpie_statistics, magpie_table
 from mattransfer.models.model import TransferModel
+from mattransfer.training.baselines import source_predictions
 
 ELEMNET = {"name": "elemnet", "widths": [32, 32, 16, 16, 8]}
 TRAINING = {"max_epochs": 3, "patience": 3, "batch_size": 32, "lr": 3e-3}
@@ -276,6 +277,16 @@ def test_feature_baselines_on_compositions_read_a_dft_model_s_predictions_unless
     capsys.readouterr()
     assert baseline("leak", tmp_path / "seen" / "model.ckpt") == 2
     assert "test structures of expt_gap_comp were in the pre-training" in capsys.readouterr().err
+    # A seed ensemble (members joined by commas) is one column, the members' mean; one leaky member is refused.
+    ensemble = f"{tmp_path / 'blind' / 'model.ckpt'},{tmp_path / 'seen' / 'model.ckpt'}"
+    assert baseline("leak-in-ensemble", Path(ensemble)) == 2
+    assert "test structures of expt_gap_comp were in the pre-training" in capsys.readouterr().err
+    table = DataSources.from_yaml(comp_sources).load("expt_gap_comp")
+    rows = table.subset(list(table.ids[:20]))
+    apart, _ = source_predictions([ensemble.split(",")[0], ensemble.split(",")[1]], rows)
+    together, members = source_predictions([ensemble], rows)
+    assert list(together.columns) == [f"source|{ensemble}"] and len(members) == 2
+    np.testing.assert_allclose(together.iloc[:, 0], apart.mean(axis=1), rtol=1e-6)
     from mattransfer.featurizers import featurize
 
     with pytest.raises(ValueError, match="compositions have only the feature sets"):

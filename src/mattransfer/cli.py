@@ -177,8 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                                " train ids")
     matbench.add_argument("--source-features", nargs="+", default=[], metavar="CKPT|NAME",
                           help="with --baseline: frozen models (model.ckpt or pre-trained names) whose predictions"
-                               " join the features, e.g. a DFT band-gap model for experimental gaps; a model that"
-                               " trained on a fold's test rows is refused")
+                               " join the features, e.g. a DFT band-gap model for experimental gaps; A,B,C (commas):"
+                               " a seed ensemble, its mean one feature; a model that trained on a fold's test rows"
+                               " is refused")
     matbench.add_argument("--out", type=Path, required=True, help="results directory (one run directory per fold)")
     matbench.add_argument("--folds", type=int, nargs="+", metavar="K", help="only these folds (0-4; default: all five)")
     matbench.add_argument("--data-sources", type=Path, help="data-sources YAML whose data_dir holds the task's file"
@@ -212,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
                           " model.ckpt or a pre-trained name (cgcnn-mp:formation-energy, chgnet:0.3.0)")
     baseline.add_argument("--source-features", nargs="+", default=[], metavar="CKPT|NAME",
                           help="frozen models (model.ckpt or pre-trained names) whose predictions join the trees'"
-                               " features; a model that trained on a test row is refused")
+                               " features; A,B,C (commas): a seed ensemble, its mean one feature; a model that"
+                               " trained on a test row is refused")
     baseline.add_argument("--data-sources", type=Path, help="data-sources YAML (default: $MATTRANSFER_DATA_SOURCES)")
     baseline.add_argument("-o", "--output", type=Path, help="write one CSV row per (model, seed) here")
     baseline.set_defaults(handler=_baseline)

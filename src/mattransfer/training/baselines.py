@@ -22,6 +22,7 @@ from sklearn.compose import TransformedTargetRegressor
 from sklearn.ensemble import ExtraTreesRegressor, HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.impute import SimpleImputer
 from sklearn.kernel_ridge import KernelRidge
+from sklearn.linear_model import HuberRegressor
 from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -45,18 +46,30 @@ EMBEDDING_MODELS = ("krr",)  # on a frozen encoder's embeddings
 KRR_GRID = {"alpha": [1e-3, 1e-2, 1e-1, 1.0], "gamma": [1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]}
 
 
+SOURCE_PREFIX = "source|"  # the columns of source models' predictions among a baseline's features
 MIN_AT_FLOOR = 0.1  # the hurdle model needs this share of training targets at their minimum
+
+
+QUANTILES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)  # the hurdle regressors' levels (bench/hurdle_variants.py)
 
 
 class HurdleRegressor(RegressorMixin, BaseEstimator):
     """A two-part model for targets with many rows at their minimum (band gaps: metals at 0 eV): a classifier
-    of "above the minimum" and a regressor fitted on the rows above it. Where the classifier puts the row at the
-    minimum with probability ≥ 0.5 it predicts the minimum — then the median of the predicted distribution,
-    what minimises the absolute error — and the regressor's value elsewhere."""
+    of "above the minimum" and quantile regressors fitted on the rows above it. It predicts the median of the
+    mixture they make, what minimises the expected absolute error: the minimum where the classifier puts the
+    row there with probability ≥ 0.5, else the level (p − 0.5) / p of the regressors' distribution, p the
+    probability above (interpolated between the fitted ``quantiles``; at p = 1 their lowest).
 
-    def __init__(self, classifier: Any, regressor: Any) -> None:
+    ``offset_columns``: features that already estimate the target (a DFT model's band gap, for a measured
+    one). A robust linear fit of them on the rows above the minimum is the regressors' offset, and the trees
+    learn what it misses (Δ-learning), rather than cutting a near-linear relation into steps."""
+
+    def __init__(self, classifier: Any, regressor: Any, quantiles: Sequence[float] = QUANTILES,
+                 offset_columns: Sequence[int] = ()) -> None:
         self.classifier = classifier
         self.regressor = regressor
+        self.quantiles = quantiles
+        self.offset_columns = offset_columns
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> HurdleRegressor:
         y = np.asarray(y, dtype=float)
@@ -67,18 +80,31 @@ class HurdleRegressor(RegressorMixin, BaseEstimator):
                               f" {self.floor_:g}; it is for targets with at least {MIN_AT_FLOOR:.0%} of the rows at one"
                               " lowest value (band gaps of metals): use hist_gb_l1.")
         self.classifier_ = clone(self.classifier).fit(X, above)
-        self.regressor_ = clone(self.regressor).fit(X[above], y[above])
+        columns = list(self.offset_columns)
+        self.offset_ = HuberRegressor(max_iter=1000).fit(X[above][:, columns], y[above]) if columns else None
+        residual = y[above] - self._offset(X[above])
+        self.regressors_ = [clone(self.regressor).set_params(loss="quantile", quantile=q).fit(X[above], residual)
+                            for q in self.quantiles]
         return self
+
+    def _offset(self, X: np.ndarray) -> np.ndarray:
+        return self.offset_.predict(X[:, list(self.offset_columns)]) if self.offset_ is not None else np.zeros(len(X))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         p_above = self.classifier_.predict_proba(X)[:, list(self.classifier_.classes_).index(True)]
-        return np.where(p_above > 0.5, self.regressor_.predict(X), self.floor_)
+        # Sorted per row, so the levels never cross.
+        levels = np.sort(np.column_stack([r.predict(X) for r in self.regressors_]), axis=1)
+        quantiles = np.asarray(self.quantiles, dtype=float)
+        wanted = np.clip((p_above - 0.5) / np.maximum(p_above, 1e-12), quantiles[0], quantiles[-1])
+        value = np.array([np.interp(w, quantiles, row) for w, row in zip(wanted, levels)]) + self._offset(X)
+        return np.where(p_above > 0.5, value, self.floor_)
 
 
-def make_model(name: str, seed: int, n_train: int | None = None):
+def make_model(name: str, seed: int, n_train: int | None = None, offset_columns: Sequence[int] = ()):
     """An unfitted regressor; NaN features are imputed by the training rows' median (no test rows).
 
-    ``n_train`` caps kernel ridge's CV folds for tiny subsets (at least 2 rows per fold)."""
+    ``n_train`` caps kernel ridge's CV folds for tiny subsets (at least 2 rows per fold); ``offset_columns``:
+    the hurdle model's (`HurdleRegressor`), the source models' predictions."""
     if name == "extra_trees":
         model = ExtraTreesRegressor(n_estimators=500, random_state=seed, n_jobs=1)
     elif name == "hist_gb":
@@ -88,10 +114,14 @@ def make_model(name: str, seed: int, n_train: int | None = None):
         # squared error chases the few extreme rows.
         model = HistGradientBoostingRegressor(loss="absolute_error", random_state=seed)
     elif name == "hurdle_hist_gb":
-        # Smaller steps, more of them than hist_gb's defaults (lr 0.1, 100): each part sees part of the rows.
+        # Smaller steps, more of them than hist_gb's defaults (lr 0.1, 100): each part sees part of the rows. The
+        # classifier is regularised (L2, half the features per split): its errors cost the most (a metal called
+        # a semiconductor, or the reverse, is off by the whole gap), chosen on validation splits.
         model = HurdleRegressor(
-            HistGradientBoostingClassifier(max_iter=500, learning_rate=0.05, random_state=seed),
-            HistGradientBoostingRegressor(loss="absolute_error", max_iter=1000, learning_rate=0.05, random_state=seed))
+            HistGradientBoostingClassifier(max_iter=1000, learning_rate=0.02, l2_regularization=1.0,
+                                           max_features=0.5, random_state=seed),
+            HistGradientBoostingRegressor(max_iter=1000, learning_rate=0.05, random_state=seed),
+            offset_columns=offset_columns)
     elif name == "krr":
         folds = KFold(max(2, min(5, (n_train or 10) // 2)), shuffle=True, random_state=seed)
         search = GridSearchCV(KernelRidge(kernel="rbf"), KRR_GRID, cv=folds, scoring="neg_mean_absolute_error")
@@ -110,7 +140,8 @@ def fit_predict(features: pd.DataFrame, y: np.ndarray, train_rows: np.ndarray, t
                           f" sit at their minimum {np.min(y[train_rows]):g}, and an absolute-error HistGB then"
                           " predicts that value for every row; use hurdle_hist_gb.")
     start = time.perf_counter()
-    regressor = make_model(model, seed, len(train_rows)).fit(features.iloc[train_rows].to_numpy(), y[train_rows])
+    sources = [k for k, column in enumerate(features.columns) if str(column).startswith(SOURCE_PREFIX)]
+    regressor = make_model(model, seed, len(train_rows), sources).fit(features.iloc[train_rows].to_numpy(), y[train_rows])
     predicted = regressor.predict(features.iloc[test_rows].to_numpy())
     return predicted, time.perf_counter() - start
 
@@ -207,14 +238,20 @@ def source_predictions(sources: Sequence[str | Path], table: PropertyTable,
                        progress: bool = False) -> tuple[pd.DataFrame, list[TransferModel]]:
     """Each frozen source model's prediction for every row of ``table`` — in its own target's unit, the head's
     value unclipped — as a column ``source|<name>``, and the models (for `check_test_overlap`): transfer through
-    features, e.g. what a model of 100k DFT band gaps says of each composition, for a tree model of measured ones."""
-    models = [load_source(source) for source in sources]
+    features, e.g. what a model of 100k DFT band gaps says of each composition, for a tree model of measured ones.
+
+    A source may be a seed ensemble, its members joined by commas (``A0,A1,A2``): their mean prediction is one
+    column, with less of one pre-training run's noise (measured: bench/hurdle_variants.py)."""
+    ensembles = [[load_source(member) for member in str(source).split(",")] for source in sources]  # fail early
     columns = {}
-    for source, model in zip(sources, models):
-        latent = torch.from_numpy(frozen_embeddings(model.eval(), table, progress)).float()
-        with torch.no_grad():
-            columns[f"source|{source}"] = model.predict_latent(latent, clip=False).numpy().ravel()
-    return pd.DataFrame(columns), models
+    for source, members in zip(sources, ensembles):
+        predictions = []
+        for model in members:
+            latent = torch.from_numpy(frozen_embeddings(model.eval(), table, progress)).float()
+            with torch.no_grad():
+                predictions.append(model.predict_latent(latent, clip=False).numpy().ravel())
+        columns[f"{SOURCE_PREFIX}{source}"] = np.mean(predictions, axis=0)
+    return pd.DataFrame(columns), [model for members in ensembles for model in members]
 
 
 def score_split(features: pd.DataFrame, y: pd.Series, split: Split, model: str, seed: int) -> dict:
