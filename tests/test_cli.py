@@ -71,3 +71,12 @@ def test_threads_option_sets_torch_threads(capsys):
         assert "cannot write the preset to /dev/null/x.yaml" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
+
+
+def test_train_seed_and_output_dir_override_the_options_file(trained, tmp_path):
+    """`--seed` makes a seed ensemble's members from one options file."""
+    out, metrics = trained
+    other = tmp_path / "seed7"
+    assert main(["-q", "train", str(tmp_path / "options.yaml"), "--seed", "7", "--output-dir", str(other)]) == 0
+    assert yaml.safe_load((other / "config.yaml").read_text())["seed"] == 7
+    assert json.loads((other / "metrics.json").read_text())["test"]["mae"] != metrics["test"]["mae"]

@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("options", type=Path, help="options YAML (see configs/)")
     train.add_argument("--output-dir", type=Path, help="override output_dir (the run directory)")
     train.add_argument("--device", help="override device: auto, cpu, cuda, cuda:1 …")
+    train.add_argument("--seed", type=int, help="override seed (e.g. the members of a seed ensemble)")
     train.set_defaults(handler=_train)
 
     evaluate = commands.add_parser("eval", help="score a checkpoint on a dataset's fixed test set or on a data file",
@@ -292,8 +293,9 @@ def _train(args: argparse.Namespace) -> None:
 
     overrides = {k: v for k, v in (("output_dir", args.output_dir), ("device", args.device)) if v is not None}
     overrides = {k: str(v) for k, v in overrides.items()}
-    if args.threads is not None:  # the command line wins over the options file
-        overrides["threads"] = args.threads
+    for key in ("threads", "seed"):  # the command line wins over the options file
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
     config = load_config(args.options, overrides)
     summary = run(config, progress=not args.quiet)
     print(f"{summary['method']} {summary['dataset']}: test MAE {summary['test']['mae']:.4g} {summary['unit']}"
