@@ -14,15 +14,12 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import make_pipeline
 
-from mattransfer.data.registry import DataSources
-from mattransfer.featurizers import table_features
-from mattransfer.matbench import fold_ids, fold_split, load_task, task_file, task_of
-from mattransfer.training.baselines import QUANTILES, SOURCE_PREFIX, HurdleRegressor, make_model, source_predictions
+from matbench_validation import validation_data  # bench/, beside this file
+from mattransfer.training.baselines import QUANTILES, SOURCE_PREFIX, HurdleRegressor, make_model
 
 
 def variants(seed: int, sources: list[int]) -> dict[str, object]:
@@ -47,25 +44,18 @@ def main() -> None:
     parser.add_argument("--source-features", nargs="*", default=[], help="as `matbench --source-features`")
     parser.add_argument("--data-sources", type=Path, required=True)
     args = parser.parse_args()
-    task = task_of(args.task)
-    _, table = load_task(task, task_file(task, DataSources.from_yaml(args.data_sources)))
-    predictions, _ = source_predictions(args.source_features, table)
-    features = pd.concat([table_features(table, progress=False)[0], predictions], axis=1)
+    task, table, features, y, folds = validation_data(args.task, args.data_sources, args.source_features)
     sources = [k for k, column in enumerate(features.columns) if str(column).startswith(SOURCE_PREFIX)]
-    X, y = features.to_numpy(), np.asarray(table.y, dtype=float)
-    position = {row_id: k for k, row_id in enumerate(table.ids)}
+    X = features.to_numpy()
     maes: dict[str, list[float]] = {}
-    for fold, (train_ids, test_ids) in enumerate(fold_ids(task.name)):
-        split = fold_split(train_ids, test_ids, set(table.ids), 0.1, fold)
-        fit_rows = np.array([position[i] for i in split.train])
-        val_rows = np.array([position[i] for i in split.val])
+    for fold, (fit_rows, val_rows) in enumerate(folds):
         for name, model in variants(fold, sources).items():
             predicted = model.fit(X[fit_rows], y[fit_rows]).predict(X[val_rows])
             maes.setdefault(name, []).append(float(np.abs(predicted - y[val_rows]).mean()))
     print(f"## {task.name}: validation MAE ({table.unit}) of hurdle variants, test ids unused\n")
     print(f"Features: {features.shape[1]}; sources: {', '.join(args.source_features) or 'none'}\n")
-    print("| model | " + " | ".join(f"fold {k}" for k in range(len(maes[name]))) + " | mean ± std |")
-    print("|---|" + "---|" * (len(maes[name]) + 1))
+    print("| model | " + " | ".join(f"fold {k}" for k in range(len(folds))) + " | mean ± std |")
+    print("|---|" + "---|" * (len(folds) + 1))
     for name, values in maes.items():
         print(f"| {name} | " + " | ".join(f"{v:.4f}" for v in values) + f" | {np.mean(values):.4f} ± {np.std(values):.3f} |")
     print()

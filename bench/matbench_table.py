@@ -20,12 +20,18 @@ import yaml
 from mattransfer.matbench import N_FOLDS, TASKS
 
 
+def source_name(source: str) -> str:
+    """A checkpoint by its run directory's name; a seed ensemble (``A,B,C``) by its first member's and size."""
+    members = source.split(",")
+    name = Path(members[0]).parent.name if members[0].endswith(".ckpt") else members[0]
+    return name if len(members) == 1 else f"{name} (ensemble of {len(members)} seeds)"
+
+
 def model_name(run_dir: Path) -> str:
     """extra_trees / hist_gb (features), CGCNN from scratch, or the fine-tune's method and source."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
     if metrics.get("features"):
-        sources = [Path(s).parent.name if s.endswith(".ckpt") else s
-                   for s in metrics["features"].get("source_features", [])]
+        sources = [source_name(s) for s in metrics["features"].get("source_features", [])]
         return f"features{''.join(f' + {s} prediction' for s in sources)} → {metrics['method']}"
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     base_seed = config["seed"] - int(run_dir.name.split("_")[1])  # fold K runs with the command's seed + K

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,22 @@ from mattransfer.matbench import fold_ids, fold_split, load_task, task_file, tas
 from mattransfer.training.baselines import MODELS, fit_and_score, source_predictions
 
 
+def validation_data(task_name: str, data_sources: Path, sources: list[str]
+                    ) -> tuple[Any, Any, pd.DataFrame, np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """The task, its features (with the ``sources``' predictions, as `matbench --source-features`), targets and,
+    per fold, the rows to fit on and the validation rows (a seeded 10 % of the fold's train ids)."""
+    task = task_of(task_name)
+    _, table = load_task(task, task_file(task, DataSources.from_yaml(data_sources)))
+    predictions, _ = source_predictions(sources, table)
+    features = pd.concat([table_features(table, progress=False)[0], predictions], axis=1)
+    position = {row_id: k for k, row_id in enumerate(table.ids)}
+    folds = []
+    for fold, (train_ids, test_ids) in enumerate(fold_ids(task.name)):
+        split = fold_split(train_ids, test_ids, set(table.ids), 0.1, fold)
+        folds.append((np.array([position[i] for i in split.train]), np.array([position[i] for i in split.val])))
+    return task, table, features, np.asarray(table.y, dtype=float), folds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("task")
@@ -31,23 +48,15 @@ def main() -> None:
     parser.add_argument("--source-features", nargs="*", default=[], help="as `matbench --source-features`")
     parser.add_argument("--data-sources", type=Path, required=True)
     args = parser.parse_args()
-    task = task_of(args.task)
-    _, table = load_task(task, task_file(task, DataSources.from_yaml(args.data_sources)))
-    # As `matbench --baseline --source-features` (which checks, per fold, that no source saw a test row).
-    predictions, _ = source_predictions(args.source_features, table)
-    features = pd.concat([table_features(table, progress=False)[0], predictions], axis=1)
-    position = {row_id: k for k, row_id in enumerate(table.ids)}
+    task, table, features, y, folds = validation_data(args.task, args.data_sources, args.source_features)
     maes: dict[str, list[float]] = {model: [] for model in args.models}
     print(f"# {task.name}: validation MAE ({table.unit}) of feature baselines, test ids unused\n")
     print(f"Features: {features.shape[1]} ({', '.join(args.source_features) or 'no source models'})\n")
     print("| fold | n fit | n val | " + " | ".join(args.models) + " |")
     print("|---|---|---|" + "---|" * len(args.models))
-    for fold, (train_ids, test_ids) in enumerate(fold_ids(task.name)):
-        split = fold_split(train_ids, test_ids, set(table.ids), 0.1, fold)
-        fit_rows = np.array([position[i] for i in split.train])
-        val_rows = np.array([position[i] for i in split.val])
+    for fold, (fit_rows, val_rows) in enumerate(folds):
         for model in args.models:
-            maes[model].append(fit_and_score(features, table.y, fit_rows, val_rows, model, fold)["mae"])
+            maes[model].append(fit_and_score(features, y, fit_rows, val_rows, model, fold)["mae"])
         print(f"| {fold} | {len(fit_rows)} | {len(val_rows)} | "
               + " | ".join(f"{maes[m][-1]:.4g}" for m in args.models) + " |", flush=True)
     print("| mean ± std | | | " + " | ".join(f"{np.mean(v):.4g} ± {np.std(v):.2g}" for v in maes.values()) + " |")
