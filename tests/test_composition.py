@@ -22,6 +22,7 @@ from mattransfer.graphs.composition import N_ELEMENTS, ElementFractions
 from mattransfer.graphs.inputs import cached_inputs
 from mattransfer.models.encoders.element_attention import fraction_encoding
 from mattransfer.models.encoders.magpie_mlp import magpie_statistics, magpie_table
+from mattransfer.errors import ConfigError
 from mattransfer.models.model import TransferModel
 from mattransfer.training.baselines import source_predictions
 
@@ -287,6 +288,13 @@ def test_feature_baselines_on_compositions_read_a_dft_model_s_predictions_unless
     together, members = source_predictions([ensemble], rows)
     assert list(together.columns) == [f"source|{ensemble}"] and len(members) == 2
     np.testing.assert_allclose(together.iloc[:, 0], apart.mean(axis=1), rtol=1e-6)
+    # Members of one ensemble must predict one target: a band-gap model beside an energy model is refused.
+    other = tmp_path / "other.ckpt"
+    model = TransferModel.load(tmp_path / "blind" / "model.ckpt")
+    model.target = {**model.target, "name": "formation energy", "unit": "eV/atom"}
+    model.save(other)
+    with pytest.raises(ConfigError, match="must predict one target"):
+        source_predictions([f"{tmp_path / 'blind' / 'model.ckpt'},{other}"], rows)
     from mattransfer.featurizers import featurize
 
     with pytest.raises(ValueError, match="compositions have only the feature sets"):

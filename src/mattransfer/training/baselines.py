@@ -243,6 +243,11 @@ def source_predictions(sources: Sequence[str | Path], table: PropertyTable,
     A source may be a seed ensemble, its members joined by commas (``A0,A1,A2``): their mean prediction is one
     column, with less of one pre-training run's noise (measured: bench/hurdle_variants.py)."""
     ensembles = [[load_source(member) for member in str(source).split(",")] for source in sources]  # fail early
+    for source, members in zip(sources, ensembles):
+        targets = {(model.target.get("name"), model.target.get("unit")) for model in members}
+        if len(targets) > 1:  # a mean of, say, band gaps and formation energies means nothing
+            raise ConfigError(f"--source-features {source}: a seed ensemble's members must predict one target;"
+                              f" these predict {', '.join(sorted(f'{n} ({u})' for n, u in targets))}")
     columns = {}
     for source, members in zip(sources, ensembles):
         predictions = []
