@@ -48,8 +48,6 @@ KRR_GRID = {"alpha": [1e-3, 1e-2, 1e-1, 1.0], "gamma": [1e-4, 1e-3, 3e-3, 1e-2, 
 
 SOURCE_PREFIX = "source|"  # the columns of source models' predictions among a baseline's features
 MIN_AT_FLOOR = 0.1  # the hurdle model needs this share of training targets at their minimum
-
-
 QUANTILES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5)  # the hurdle regressors' levels (bench/hurdle_variants.py)
 
 
@@ -103,8 +101,8 @@ class HurdleRegressor(RegressorMixin, BaseEstimator):
 def make_model(name: str, seed: int, n_train: int | None = None, offset_columns: Sequence[int] = ()):
     """An unfitted regressor; NaN features are imputed by the training rows' median (no test rows).
 
-    ``n_train`` caps kernel ridge's CV folds for tiny subsets (at least 2 rows per fold); ``offset_columns``:
-    the hurdle model's (`HurdleRegressor`), the source models' predictions."""
+    ``n_train`` caps kernel ridge's CV folds for tiny subsets (at least 2 rows per fold); ``offset_columns``
+    (the hurdle model only): the columns of source models' predictions, its regressors' linear offset."""
     if name == "extra_trees":
         model = ExtraTreesRegressor(n_estimators=500, random_state=seed, n_jobs=1)
     elif name == "hist_gb":
