@@ -217,9 +217,10 @@ def test_the_dft_to_expt_study_tests_the_dft_model_zero_shot_and_counts_the_rows
         "device": "cpu", "model": {"encoder": ELEMNET, "head": {"hidden": [8]}}, "pretrain": TRAINING,
         "finetune": TRAINING, **{f"part{k}": {"enabled": False} for k in range(1, 5)},
         "dft_to_expt": {"enabled": True, "pretrain_size": 150, "finetune_sizes": [40], "methods": sweep,
-                        "zero_shot": True}})
+                        "zero_shot": True, "baselines": ["hist_gb"]}})
     summary = run_study(study, tmp_path, workers=1, progress=False)
-    assert summary["tasks"] == summary["done"] == 1 + 1 + 1 + 3  # pre-training, zero-shot, scratch, sweep
+    # pre-training, zero-shot, scratch, sweep, and the trees alone and with the DFT prediction
+    assert summary["tasks"] == summary["done"] == 1 + 1 + 1 + 3 + 2
 
     results = pd.read_csv(tmp_path / "results.csv", dtype={"task_hash": str})
     tuned = results[results["kind"] == "finetune"]
@@ -252,6 +253,18 @@ def test_the_dft_to_expt_study_tests_the_dft_model_zero_shot_and_counts_the_rows
     assert f"bandgap_comp (300 rows) lost {removed} rows" in text
     assert f"without fine-tuning (zero-shot) on expt_gap_comp's test set (n_test 12): MAE {zero.test_mae:.4g}" in text
     assert "MAE freeze-1" in text and "MAE freeze-2" in text
+
+    # Transfer through features: the same trees on the same subset, the DFT model's prediction one more feature.
+    trees = results[results["kind"] == "baseline"].set_index("method")
+    assert set(trees.index) == {"hist_gb", "hist_gb+source"} and (trees["finetune_size"] == 40).all()
+    n_features = {m: json.loads((tmp_path / "tasks" / h / "result.json").read_text())["n_features"]
+                  for m, h in trees["task_hash"].items()}
+    assert n_features == {"hist_gb": 146, "hist_gb+source": 147}
+    assert trees.loc["hist_gb+source", "test_mae"] != trees.loc["hist_gb", "test_mae"]
+    assert "MAE hist_gb+source" in text
+    # Features are made for the experimental dataset only, not for the 300 DFT rows no tree reads.
+    (features,) = tmp_path.rglob("features.parquet")
+    assert features.parent.name.startswith("expt_gap_comp-")
 
 
 def test_feature_baselines_on_compositions_read_a_dft_model_s_predictions_unless_it_saw_a_test_row(

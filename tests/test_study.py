@@ -689,7 +689,8 @@ def test_a_bad_label_is_a_one_line_error_naming_it(tmp_path, methods, words):
 
 
 def test_the_dft_to_expt_preset_sweeps_freeze_and_keeps_the_tasks_it_planned_before():
-    """The preset's freeze sweep (k = 1, 2, 4 of the Magpie MLP's 5 blocks) and zero-shot rows are new tasks; its
+    """The preset's freeze sweep (k = 1, 2, 4 of the Magpie MLP's 5 blocks), zero-shot rows and the hurdle trees
+    (alone, and with each seed's DFT prediction as a feature) are new tasks; its
     earlier methods (full, heads, freeze k=2) plan what the preset planned before labels (commit 027cd7e, by
     count and digest), and the sweep's freeze-2 is that freeze: a study run before resumes with them."""
     pools = {"bandgap_comp": 95000, "expt_gap_comp": 4143, "bandgap_comp-without-expt_gap_comp-test": 90000}
@@ -697,15 +698,18 @@ def test_the_dft_to_expt_preset_sweeps_freeze_and_keeps_the_tasks_it_planned_bef
     new = _planned(preset, pools)
     methods = {"full": {}, "heads": {}, "freeze": {"train_last": 2}}
     before = preset.model_copy(update={"dft_to_expt": preset.dft_to_expt.model_copy(
-        update={"methods": type(preset.dft_to_expt).model_validate({"methods": methods}).methods, "zero_shot": False})})
+        update={"methods": type(preset.dft_to_expt).model_validate({"methods": methods}).methods, "zero_shot": False,
+                "baselines": []})})
     old = _planned(before, pools)
     tasks = [[t.hash, sorted(t.parts), t.describe(), sorted(t.notes)] for t in old]
     assert (len(tasks), hashlib.sha256(json.dumps(tasks).encode()).hexdigest()[:16]) == (63, "f860368199b66539")
     assert {t.hash for t in old} <= {t.hash for t in new}
     by_method = pd.Series([t.method for t in new]).value_counts().to_dict()
     assert by_method == {"scratch": 15, "full": 15, "heads": 15, "freeze-1": 15, "freeze-2": 15, "freeze-4": 15,
-                         "pretrain": 3, "zero-shot": 3}
+                         "pretrain": 3, "zero-shot": 3, "hurdle_hist_gb": 15, "hurdle_hist_gb+source": 15}
     pretrains = {t.seed: t.hash for t in new if t.kind == "pretrain"}
+    through = [t for t in new if t.method == "hurdle_hist_gb+source"]
+    assert {(t.seed, t.pretrain) for t in through} == set(pretrains.items())
     zero = [t for t in new if t.kind == "zero-shot"]
     assert {(t.seed, t.pretrain, t.size, t.dataset) for t in zero} == {(s, h, 0, "expt_gap_comp")
                                                                        for s, h in pretrains.items()}

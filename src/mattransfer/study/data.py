@@ -105,7 +105,7 @@ the rows removed counted in ``formula_exclusions.json``.
         prepared[key] = _prepare(table, featurizer, study, key, pool, progress,
                                  spec.graphs if key in labels_for else None)
         used = _used_rows(table, test, pool, spec)
-        if any(part.feature_baselines() for part in spec.parts()):
+        if any(key in part.feature_baselines(spec) for part in spec.parts()):
             prepare_features(used, prepared[key].path, progress)
         if universal:
             for name, own in universal.items():

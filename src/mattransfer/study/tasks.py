@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # the spec imports the parts, which plan with this module
     from mattransfer.study.spec import StudySpec
 
 TASK_FORMAT = 1  # bump when a code change alters what a finished task would compute
+THROUGH_FEATURES = "+source"  # a feature baseline's method suffix when a pre-training's prediction is a feature
 
 
 @dataclass
@@ -192,12 +193,19 @@ class Planner:
     def scratch(self, key: str, requested: int, seed: int) -> Task:
         return self.finetune(None, key, requested, seed, "scratch", {})
 
-    def baseline(self, key: str, requested: int, seed: int, model: str) -> Task:
-        """Feature baseline ``model`` on the subset a fine-tune of (key, size, seed) draws."""
+    def baseline(self, key: str, requested: int, seed: int, model: str, pretrain: Task | None = None) -> Task:
+        """Feature baseline ``model`` on the subset a fine-tune of (key, size, seed) draws; with ``pretrain``,
+        that model's prediction is one more feature (transfer through features; method ``<model>+source``)."""
         size, notes = self._capped(key, requested, "finetune_size")
         task = Task("baseline", key, size, seed, model, aux_lambda=None, notes=notes)
+        through = {}
+        if pretrain is not None:
+            task.method, task.runs = f"{model}{THROUGH_FEATURES}", model
+            task.source, task.pretrain_size, task.pretrain = pretrain.dataset, pretrain.size, pretrain.hash
+            task.notes |= pretrain.notes
+            through = {"pretrain": pretrain.hash}  # only then: the plain baselines keep their hashes
         task.hash = self._hash(kind="baseline", dataset=key, data=self.data[key].fingerprint, size=size, seed=seed,
-                               model=model, features=FEATURES_VERSION)
+                               model=model, features=FEATURES_VERSION, **through)
         return task
 
     def zero_shot(self, pretrain: Task, key: str) -> Task:

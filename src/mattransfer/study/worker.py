@@ -25,8 +25,9 @@ from mattransfer.study.data import FEATURES_FILE, PreparedData, load_prepared
 from mattransfer.study.layout import StudyDir
 from mattransfer.study.spec import StudySpec
 from mattransfer.study.tasks import Task
-from mattransfer.training.baselines import score_split
+from mattransfer.training.baselines import SOURCE_PREFIX, head_predictions, score_split
 from mattransfer.training.job import Dataset, Job, execute, resolve_device, run_log
+from mattransfer.training.latents import cached_latents
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,8 @@ def _train(task: Task, spec: StudySpec, data: PreparedData, study: StudyDir) -> 
     task_dir = study.task_dir(task.hash)
     split.to_json(task_dir / "split.json")
     if task.kind == "baseline":
-        return {**_feature_baseline(task, dataset, data, split), "wall_seconds": time.perf_counter() - start}
+        return {**_feature_baseline(task, dataset, data, split, _source(task, study)),
+                "wall_seconds": time.perf_counter() - start}
     outcome = execute(job_of(task, spec), dataset, split, source=_source(task, study), device=resolve_device(spec.device),
                       run_dir=task_dir, progress=False, compile=spec.compile,
                       bravais_labels=labels if task.aux_weight else None)
@@ -102,11 +104,19 @@ def _train(task: Task, spec: StudySpec, data: PreparedData, study: StudyDir) -> 
     return {**outcome.summary, "task": task.describe(), **checkpoint, "wall_seconds": time.perf_counter() - start}
 
 
-def _feature_baseline(task: Task, dataset: Dataset, data: PreparedData, split: Split) -> dict:
-    """A feature baseline's result, in the fine-tunes' schema: its n_train is train + val, n_val 0, no epochs."""
+def _feature_baseline(task: Task, dataset: Dataset, data: PreparedData, split: Split,
+                      source: TransferModel | None) -> dict:
+    """A feature baseline's result, in the fine-tunes' schema: its n_train is train + val, n_val 0, no epochs.
+    With a ``source`` (its pre-training), that model's prediction of every row is one more feature."""
     features = pd.read_parquet(data.path / FEATURES_FILE)
+    if source is not None:  # the pre-training shares the study's encoder, so it reads the prepared inputs
+        source.eval()
+        latent = (cached_latents(source, dataset.keys, dataset.inputs) if dataset.keys is not None
+                  else source.embed(dataset.inputs))
+        predictions = pd.Series(head_predictions(source, latent), index=dataset.table.ids)
+        features[f"{SOURCE_PREFIX}{task.source}"] = predictions.reindex(features.index)
     y = pd.Series(dataset.table.y, index=dataset.table.ids)
-    scores = score_split(features, y, split, task.method, task.seed)
+    scores = score_split(features, y, split, task.runs or task.method, task.seed)
     test = {k: scores[k] for k in ("mae", "rmse", "r2")}
     log.info("%s: test MAE %.4g %s (%d features, fit %.1f s)", task.describe(), test["mae"], data.unit,
              features.shape[1], scores["fit_s"])

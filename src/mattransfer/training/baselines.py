@@ -246,15 +246,17 @@ def source_predictions(sources: Sequence[str | Path], table: PropertyTable,
         if len(targets) > 1:  # a mean of, say, band gaps and formation energies means nothing
             raise ConfigError(f"--source-features {source}: a seed ensemble's members must predict one target;"
                               f" these predict {', '.join(sorted(f'{n} ({u})' for n, u in targets))}")
-    columns = {}
-    for source, members in zip(sources, ensembles):
-        predictions = []
-        for model in members:
-            latent = torch.from_numpy(frozen_embeddings(model.eval(), table, progress)).float()
-            with torch.no_grad():
-                predictions.append(model.predict_latent(latent, clip=False).numpy().ravel())
-        columns[f"{SOURCE_PREFIX}{source}"] = np.mean(predictions, axis=0)
+    columns = {f"{SOURCE_PREFIX}{source}": np.mean([
+        head_predictions(model, torch.from_numpy(frozen_embeddings(model.eval(), table, progress)).float())
+        for model in members], axis=0) for source, members in zip(sources, ensembles)}
     return pd.DataFrame(columns), [model for members in ensembles for model in members]
+
+
+def head_predictions(model: TransferModel, latent: torch.Tensor) -> np.ndarray:
+    """A frozen model's predictions from its encoder's vectors, in its own target's unit: the head's value,
+    unclipped (a feature, not an answer)."""
+    with torch.no_grad():
+        return model.eval().predict_latent(latent, clip=False).cpu().numpy().ravel()
 
 
 def score_split(features: pd.DataFrame, y: pd.Series, split: Split, model: str, seed: int) -> dict:

@@ -1,6 +1,7 @@
 """The DFT → experiment section: the DFT rows removed for the experimental test set, learning curves on the
-experimental test set (scratch and each transfer method), the DFT model on its own DFT test set and, without
-fine-tuning, on the experimental one (zero-shot), and each transfer method against scratch, paired by seed."""
+experimental test set (scratch, each transfer method and the feature baselines, alone and with the DFT model's
+prediction as a feature), the DFT model on its own DFT test set and, without fine-tuning, on the experimental
+one (zero-shot), and each of them against scratch, paired by seed."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from mattransfer.report import text as tx
 from mattransfer.report.figures import curves_figure
 from mattransfer.report.parts.base import Context, register_section
 from mattransfer.study.layout import StudyDir
+from mattransfer.training.baselines import MODELS as BASELINE_MODELS
 
 PART = "dft_to_expt"
 
@@ -27,7 +29,8 @@ def write(doc: tx.Document, context: Context) -> list[str]:
                f"set (n_test {tx.n(r.n_test)}): MAE {tx.pm(r.mae_mean, r.mae_std)} {r.unit} over {r.n_seeds} seed(s)."
                for r in zero.itertuples()]
     doc.text(*answers)
-    rows = context.rows(PART)
+    baselines = done[done["kind"] == "baseline"]  # on the features alone, or with the DFT prediction too
+    rows = pd.concat([context.rows(PART), baselines])
     if rows.empty:
         doc.text("No finished DFT → experiment fine-tunes.")
         return [*answers, "DFT → experiment: not answered (no finished fine-tunes)."]
@@ -53,7 +56,8 @@ def write(doc: tx.Document, context: Context) -> list[str]:
     doc.text(f"Every MAE is on {target}'s fixed test set (n_test {tx.n(n_test)}), whose compositions the DFT "
              "pre-training never saw; transfer minus scratch is paired by seed (the same subset), p: paired t-test.")
     doc.bullets(lines)
-    largest = versus[versus["finetune_size"] == versus["finetune_size"].max()]
+    transfers = versus[~versus["method"].isin(BASELINE_MODELS)]  # the DFT model's knowledge used, one way or another
+    largest = transfers[transfers["finetune_size"] == transfers["finetune_size"].max()]
     if largest.empty:
         return [*answers, "DFT → experiment: no seed has both a transfer and a scratch run."]
     best = largest.loc[largest["diff_mean"].idxmin()]

@@ -21,7 +21,7 @@ and where it needs them (the defaults do nothing):
   ``plan_deferred(planner, plan, results, study)``, called once they are all done (Part 2 picks its
   targets from Part 1's gains); such a part's tasks run after the other parts';
 - what the study prepares for it: ``bravais_labels()`` (datasets that need Bravais labels),
-  ``pretrained_models()`` (package models whose inputs are prepared), ``feature_baselines()``,
+  ``pretrained_models()`` (package models whose inputs are prepared), ``feature_baselines(spec)``,
   ``formula_exclusions()`` ((source, target) pairs: the source prepared without the compositions of the
   target's fixed test set, under the data key `study.data.without_test_formulas` names);
 - ``after_tasks(spec, plan, study, data)``: work once the tasks ran (Part 1's transferability scores);
@@ -158,9 +158,9 @@ class Part(Section):
         """Packages' pre-trained models the part fine-tunes (their inputs are prepared for every dataset)."""
         return []
 
-    def feature_baselines(self) -> bool:
-        """Whether the part plans feature baselines (the datasets' matminer features are prepared)."""
-        return False
+    def feature_baselines(self, spec: StudySpec) -> set[str]:
+        """The datasets the part plans feature baselines on (their matminer features are prepared)."""
+        return set()
 
     def formula_exclusions(self) -> list[tuple[str, str]]:
         """(source, target): datasets to prepare without the compositions of another's fixed test set."""

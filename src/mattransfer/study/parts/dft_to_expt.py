@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from mattransfer.data.registry import REGISTRY
 from mattransfer.study.data import without_test_formulas
-from mattransfer.study.parts.base import Methods, Part, Sizes, in_study, register_part
+from mattransfer.study.parts.base import Methods, Part, Sizes, distinct_of, in_study, register_part
+from mattransfer.training.baselines import MODELS as BASELINE_MODELS
 
 if TYPE_CHECKING:
     from mattransfer.study.spec import StudySpec
@@ -37,6 +38,16 @@ class DftToExpt(Part):
     methods: Methods = Field(default_factory=lambda: {"full": {}, "heads": {}, "freeze": {"train_last": 2}})
     zero_shot: bool = Field(False, description="also test each DFT model as it is on the target's test set"
                                                " (source and target must have the same unit); on in the preset")
+    baselines: list[str] = Field(
+        default_factory=list,
+        description=f"feature models ({', '.join(BASELINE_MODELS)}) on every experimental subset, each twice: on the"
+                    " composition features alone, and with the DFT model's prediction as one more feature (transfer"
+                    " through features, method '<model>+source')")
+
+    @field_validator("baselines")
+    @classmethod
+    def _known_baselines(cls, names: list[str]) -> list[str]:
+        return distinct_of(names, BASELINE_MODELS, "baseline models")
 
     def check(self, spec: StudySpec) -> None:
         in_study(spec, "dft_to_expt.source/target", [self.source, self.target])
@@ -54,6 +65,13 @@ class DftToExpt(Part):
             if self.zero_shot:
                 plan.add(planner.zero_shot(pretrain, self.target), self.number)
             planner.transfer(plan, self.number, pretrain, self.target, self.finetune_sizes, self.methods, seed)
+            for size in self.finetune_sizes:
+                for model in self.baselines:
+                    plan.add(planner.baseline(self.target, size, seed, model), self.number)
+                    plan.add(planner.baseline(self.target, size, seed, model, pretrain), self.number)
+
+    def feature_baselines(self, spec: StudySpec) -> set[str]:
+        return {self.target} if self.baselines else set()
 
     def formula_exclusions(self) -> list[tuple[str, str]]:
         return [(self.source, self.target)]

@@ -107,8 +107,8 @@ class Part1(Part):
     def pretrained_models(self) -> list[str]:
         return self.universal
 
-    def feature_baselines(self) -> bool:
-        return bool(self.baselines)
+    def feature_baselines(self, spec: StudySpec) -> set[str]:
+        return set(spec.datasets) if self.baselines else set()
 
     def after_tasks(self, spec: StudySpec, plan: Plan, study: StudyDir, data: dict[str, PreparedData]) -> None:
         """Transferability scores of the cells whose source is ready: an addition to the results, so a failure
