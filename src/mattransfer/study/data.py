@@ -105,8 +105,9 @@ the rows removed counted in ``formula_exclusions.json``.
         prepared[key] = _prepare(table, featurizer, study, key, pool, progress,
                                  spec.graphs if key in labels_for else None)
         used = _used_rows(table, test, pool, spec)
-        if any(key in part.feature_baselines(spec) for part in spec.parts()):
-            prepare_features(used, prepared[key].path, progress)
+        drawn = [part.feature_baselines(spec)[key] for part in spec.parts() if key in part.feature_baselines(spec)]
+        if drawn:
+            prepare_features(_used_rows(table, test, pool, spec, max(drawn)), prepared[key].path, progress)
         if universal:
             for name, own in universal.items():
                 prepared[data_key(key, name)] = _prepare(used, own, study, data_key(key, name), pool, progress,
@@ -130,9 +131,11 @@ the rows removed counted in ``formula_exclusions.json``.
     return prepared
 
 
-def _used_rows(table: PropertyTable, test: list[str], pool: int, spec: StudySpec) -> PropertyTable:
-    """The rows Part 1's fine-tunes of ``table`` can use: its test set and, for each seed, the largest subset."""
-    largest = min(max(spec.finetune_sizes), pool)
+def _used_rows(table: PropertyTable, test: list[str], pool: int, spec: StudySpec,
+               largest: int | None = None) -> PropertyTable:
+    """The rows fine-tunes of ``table`` of at most ``largest`` samples (default: the study's largest fine-tune
+    size, Part 1's) can use: its test set and, for each seed, the largest subset."""
+    largest = min(largest or max(spec.finetune_sizes), pool)
     used = set(test)
     for seed in spec.seeds:
         split = make_split(table.ids, largest, seed, dataset=table.name, test_fraction=spec.test_fraction,

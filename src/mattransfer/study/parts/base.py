@@ -158,9 +158,10 @@ class Part(Section):
         """Packages' pre-trained models the part fine-tunes (their inputs are prepared for every dataset)."""
         return []
 
-    def feature_baselines(self, spec: StudySpec) -> set[str]:
-        """The datasets the part plans feature baselines on (their matminer features are prepared)."""
-        return set()
+    def feature_baselines(self, spec: StudySpec) -> dict[str, int]:
+        """The datasets the part plans feature baselines on, each with the largest fine-tune size they draw
+        (the matminer features of those rows are prepared)."""
+        return {}
 
     def formula_exclusions(self) -> list[tuple[str, str]]:
         """(source, target): datasets to prepare without the compositions of another's fixed test set."""

@@ -70,8 +70,8 @@ class DftToExpt(Part):
                     plan.add(planner.baseline(self.target, size, seed, model), self.number)
                     plan.add(planner.baseline(self.target, size, seed, model, pretrain), self.number)
 
-    def feature_baselines(self, spec: StudySpec) -> set[str]:
-        return {self.target} if self.baselines else set()
+    def feature_baselines(self, spec: StudySpec) -> dict[str, int]:
+        return {self.target: max(self.finetune_sizes)} if self.baselines else {}
 
     def formula_exclusions(self) -> list[tuple[str, str]]:
         return [(self.source, self.target)]

@@ -107,8 +107,8 @@ class Part1(Part):
     def pretrained_models(self) -> list[str]:
         return self.universal
 
-    def feature_baselines(self, spec: StudySpec) -> set[str]:
-        return set(spec.datasets) if self.baselines else set()
+    def feature_baselines(self, spec: StudySpec) -> dict[str, int]:
+        return {key: max(spec.finetune_sizes) for key in spec.datasets} if self.baselines else {}
 
     def after_tasks(self, spec: StudySpec, plan: Plan, study: StudyDir, data: dict[str, PreparedData]) -> None:
         """Transferability scores of the cells whose source is ready: an addition to the results, so a failure
