@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, ClassVar, Sequence
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from mattransfer.finetune import METHODS
+from mattransfer.training.baselines import MODELS as BASELINE_MODELS
 from mattransfer.training.job import ZERO_SHOT
 
 if TYPE_CHECKING:  # the parts' collaborators import the study spec, which imports the parts
@@ -108,6 +109,10 @@ def distinct_of(names: list[str], known: Sequence[str], what: str) -> list[str]:
     if any(n not in known for n in names) or len(set(names)) != len(names):
         raise ValueError(f"give distinct {what} of {list(known)} (got {names})")
     return names
+
+
+# Feature baselines of a part (`training.baselines`' models on matminer features), each named once.
+Baselines = Annotated[list[str], AfterValidator(lambda names: distinct_of(names, BASELINE_MODELS, "baseline models"))]
 
 
 def distinct_seeds(seeds: list[int] | None) -> list[int] | None:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from mattransfer.data.registry import REGISTRY
 from mattransfer.study.data import without_test_formulas
-from mattransfer.study.parts.base import Methods, Part, Sizes, distinct_of, in_study, register_part
+from mattransfer.study.parts.base import Baselines, Methods, Part, Sizes, in_study, register_part
 from mattransfer.training.baselines import MODELS as BASELINE_MODELS
 
 if TYPE_CHECKING:
@@ -38,16 +38,12 @@ class DftToExpt(Part):
     methods: Methods = Field(default_factory=lambda: {"full": {}, "heads": {}, "freeze": {"train_last": 2}})
     zero_shot: bool = Field(False, description="also test each DFT model as it is on the target's test set"
                                                " (source and target must have the same unit); on in the preset")
-    baselines: list[str] = Field(
+    baselines: Baselines = Field(
         default_factory=list,
         description=f"feature models ({', '.join(BASELINE_MODELS)}) on every experimental subset, each twice: on the"
                     " composition features alone, and with the DFT model's prediction as one more feature (transfer"
                     " through features, method '<model>+source')")
 
-    @field_validator("baselines")
-    @classmethod
-    def _known_baselines(cls, names: list[str]) -> list[str]:
-        return distinct_of(names, BASELINE_MODELS, "baseline models")
 
     def check(self, spec: StudySpec) -> None:
         in_study(spec, "dft_to_expt.source/target", [self.source, self.target])

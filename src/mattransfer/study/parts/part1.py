@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from pydantic import Field, field_validator
 
 from mattransfer.models.encoders import PRETRAINED
-from mattransfer.study.parts.base import Methods, Part, distinct_of, in_study, register_part
+from mattransfer.study.parts.base import Baselines, Methods, Part, distinct_of, in_study, register_part
 from mattransfer.study.transferability import score_cells
 from mattransfer.training.baselines import MODELS as BASELINE_MODELS
 from mattransfer.training.transferability import SCORES as TRANSFER_SCORES
@@ -44,7 +44,7 @@ class Part1(Part):
     methods: Methods = Field(default_factory=lambda: ["heads", "full"])
     universal: list[str] = Field(default_factory=list, description="pre-trained models by name, e.g. chgnet:0.3.0")
     universal_methods: Methods = Field(default_factory=lambda: ["heads"])
-    baselines: list[str] = Field(
+    baselines: Baselines = Field(
         default_factory=lambda: ["extra_trees", "hist_gb"],
         description=f"feature baselines (no transfer) on every fine-tune subset, as reference rows, of"
                     f" {', '.join(BASELINE_MODELS)}; [] turns them off",
@@ -58,10 +58,6 @@ class Part1(Part):
                     " (transferability.csv), correlated with the gains in the report; [] turns them off",
     )
 
-    @field_validator("baselines")
-    @classmethod
-    def _known_baselines(cls, names: list[str]) -> list[str]:
-        return distinct_of(names, BASELINE_MODELS, "baseline models")
 
     @field_validator("scores")
     @classmethod
