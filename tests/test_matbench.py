@@ -100,6 +100,19 @@ def test_unknown_task_is_a_one_line_error_listing_the_tasks(tmp_path, capsys):
     assert all(task in error for task in TASKS)
 
 
+def test_a_failed_download_is_a_one_line_error_naming_the_task_and_the_remedy(tmp_path, capsys, monkeypatch):
+    import matbench.data_ops
+
+    def offline(name: str):
+        raise ConnectionError(f"Max retries exceeded with url: /projects/{name}.json.gz")
+
+    monkeypatch.setattr(matbench.data_ops, "load", offline)
+    monkeypatch.delenv("MATTRANSFER_DATA_SOURCES", raising=False)
+    assert main(["-q", "matbench", "matbench_phonons", "--baseline", "hist_gb", "--out", str(tmp_path / "o")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "matbench_phonons" in error and "--data-sources" in error
+
+
 def test_options_may_not_choose_the_data(tmp_path, capsys):
     options = _options(tmp_path, data={"dataset": "phonons"})
     assert main(["matbench", "matbench_phonons", "--options", str(options), "--out", str(tmp_path / "out")]) == 2

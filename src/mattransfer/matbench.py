@@ -103,7 +103,14 @@ def load_task(task: MatbenchTask, path: Path | None) -> tuple[pd.DataFrame, Prop
     else:
         from matbench.data_ops import load
 
-        source, frame = f"matbench {task.name} (downloaded by matminer)", load(task.name)
+        try:
+            source, frame = f"matbench {task.name} (downloaded by matminer)", load(task.name)
+        except Exception as exc:  # offline: requests' connection errors, or a corrupt download
+            raise DataError(
+                f"{task.name}: matbench could not download the task's data ({type(exc).__name__}). Offline,"
+                " give a data-sources YAML whose data_dir holds its file (--data-sources, or"
+                " $MATTRANSFER_DATA_SOURCES; see configs/shared-data.yaml)."
+            ) from exc
     # A composition-only task's table has compositions: a structure encoder gets its composition-only error.
     table = PropertyTable.from_frame(frame, name=task.name, target=metadata.target, unit=metadata.unit, source=source)
     return frame, table
