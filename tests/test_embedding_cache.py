@@ -61,6 +61,35 @@ def test_heads_runs_read_the_latent_cache_and_give_the_same_result(pretrained_ck
     assert sum(encoded) == 20
 
 
+def test_heads_encodes_only_its_splits_rows_and_gives_the_whole_stores_result(pretrained, volume_data, volume_split,
+                                                                             monkeypatch):
+    """A study's store holds every row of a dataset; a `heads` fine-tune encodes the rows its split reads."""
+    from mattransfer.graphs.inputs import row_keys
+    from mattransfer.training.latents import cached_latents, cache_file
+
+    data = job_module.Dataset(volume_data.table, volume_data.inputs, row_keys(volume_data.table, pretrained.encoder.featurizer()))
+    used = len(volume_split.train) + len(volume_split.val) + len(volume_split.test)
+    assert used < len(data.table)
+    cache_file(pretrained).unlink(missing_ok=True)
+    encoded = []
+    embed = TransferModel.embed
+    monkeypatch.setattr(TransferModel, "embed", lambda self, store, *a, **k: encoded.append(len(store)) or embed(self, store, *a, **k))
+    job = job_module.Job(pretrained.config, pretrained.graphs, TrainingOptions(max_epochs=5, batch_size=16), seed=1,
+                         method="heads")
+    split_only = job_module.execute(job, data, volume_split, source=copy.deepcopy(pretrained), device=torch.device("cpu"),
+                                    progress=False)
+    assert sum(encoded) == used
+    rows = torch.cat([data.inputs.positions(ids) for ids in (volume_split.train, volume_split.val, volume_split.test)])
+    outside = torch.ones(len(data.table), dtype=torch.bool)
+    outside[rows] = False
+    assert split_only.latent[outside].isnan().all() and not split_only.latent[rows].isnan().any()
+    whole = cached_latents(pretrained, data.keys, data.inputs)  # every row, as a caller with its own latent gives it
+    torch.testing.assert_close(whole[rows], split_only.latent[rows])
+    given = job_module.execute(job, data, volume_split, source=copy.deepcopy(pretrained), device=torch.device("cpu"),
+                               progress=False, latent=whole)
+    assert given.summary["test"] == split_only.summary["test"]
+
+
 def test_frozen_prefix_cache_matches_the_unfused_path(pretrained, volume_data, volume_split, monkeypatch):
     """`freeze` with the first blocks frozen trains on their output computed once: the same training as
     running them every step, and the frozen blocks stay bit-identical."""

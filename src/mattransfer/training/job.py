@@ -61,7 +61,7 @@ class Outcome:
     model: TransferModel  # trained, holding its best-validation weights
     fit: FitResult | None  # None: a zero-shot job trained nothing
     summary: dict[str, Any]  # the one result schema: metrics.json of a run, result.json of a study task
-    latent: torch.Tensor | None  # a frozen encoder's output for every row of the data, if it had one
+    latent: torch.Tensor | None  # a frozen encoder's output for the rows of the data (NaN outside the split), if it had one
 
 
 def execute(job: Job, data: Dataset, split: Split, *, source: TransferModel | None = None,
@@ -103,7 +103,8 @@ def execute(job: Job, data: Dataset, split: Split, *, source: TransferModel | No
              sum(p.numel() for p in model.parameters()), n_trainable, len(split.train), len(split.val), len(split.test))
     # A frozen encoder's output is the same in every run: read it from, and add it to, the latent cache.
     if latent is None and "encoder" in model.frozen and objective is None and data.keys is not None:
-        latent = cached_latents(model.to(device), data.keys, data.inputs)
+        rows = torch.cat([data.inputs.positions(ids) for ids in (split.train, split.val, split.test)])
+        latent = cached_latents(model.to(device), data.keys, data.inputs, rows)
     fitted, metrics = train_and_test(
         model, data, split, job.training, groups, seed=job.seed, device=device, run_dir=run_dir, progress=progress,
         description=job.description, objective=objective, compile=compile, latent=latent,
