@@ -65,7 +65,8 @@ from mattransfer.data.registry import DataSources
 from mattransfer.data.splits import fixed_test_ids, make_split
 from mattransfer.data.table import PropertyTable
 from mattransfer.finetune import param_groups
-from mattransfer.graphs.build import GraphSettings, cached_graphs
+from mattransfer.graphs.build import GraphSettings, RadiusGraph
+from mattransfer.graphs.inputs import cached_inputs
 from mattransfer.graphs.store import GraphBatch, GraphStore
 from mattransfer.models.model import ModelConfig, TransferModel
 from mattransfer.training.trainer import Batches, TrainingOptions, fit
@@ -404,7 +405,7 @@ def main(argv: list[str] | None = None) -> None:
     quiet_lightning()
     load_before = os.getloadavg()
     table = load_table(args.data)
-    graphs = cached_graphs(table, GraphSettings(), progress=False)
+    graphs = cached_inputs(table, RadiusGraph(GraphSettings()), progress=False)
     rows = []
     for n in args.sizes:
         for batch_size in args.batch_sizes:

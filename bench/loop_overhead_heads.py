@@ -26,7 +26,8 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).parent))
 from loop_overhead import FixedBatches, EpochBatches, load_table, loader, make_subset  # noqa: E402
 
-from mattransfer.graphs.build import GraphSettings, cached_graphs
+from mattransfer.graphs.build import GraphSettings, RadiusGraph
+from mattransfer.graphs.inputs import cached_inputs
 from mattransfer.models.model import ModelConfig, TransferModel
 from mattransfer.training.trainer import EmbeddingBatches, TrainingOptions, fit
 
@@ -76,7 +77,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     table = load_table(args.data)
-    graphs = cached_graphs(table, GraphSettings(), progress=False)
+    graphs = cached_inputs(table, RadiusGraph(GraphSettings()), progress=False)
     rows = []
     for n in args.sizes:
         subset = make_subset(table, graphs, n, args.batch_size, seed=0)

@@ -37,7 +37,8 @@ import torch
 
 from mattransfer.data.registry import DataSources
 from mattransfer.data.splits import make_split
-from mattransfer.graphs.build import GraphSettings, cached_graphs
+from mattransfer.graphs.build import GraphSettings, RadiusGraph
+from mattransfer.graphs.inputs import cached_inputs
 from mattransfer.models.model import ModelConfig, TransferModel
 from mattransfer.threads import available_cores, default_threads, load_average
 from mattransfer.training.job import Dataset, train_and_test
@@ -77,7 +78,7 @@ def main() -> None:
     args = parser.parse_args()
 
     table = DataSources.from_yaml(args.data_sources).load("phonons")
-    data = Dataset(table, cached_graphs(table, GraphSettings(), progress=False))
+    data = Dataset(table, cached_inputs(table, RadiusGraph(GraphSettings()), progress=False))
     split = make_split(table.ids, 800, seed=0, dataset="phonons")
     runs = []
     for repeat in range(args.repeats):

@@ -73,7 +73,8 @@ from common import command_line, load_table, machine, save_report, timed  # noqa
 from mattransfer.data.splits import make_split
 from mattransfer.data.table import PropertyTable
 from mattransfer.finetune import METHODS, param_groups
-from mattransfer.graphs.build import GraphSettings, cached_graphs
+from mattransfer.graphs.build import GraphSettings, RadiusGraph
+from mattransfer.graphs.inputs import cached_inputs
 from mattransfer.graphs.store import GraphStore
 from mattransfer.models.model import ModelConfig, TransferModel
 from mattransfer.training.job import Dataset, train_and_test
@@ -383,7 +384,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     table = load_table("phonons")
-    graphs = cached_graphs(table, GraphSettings(), progress=False)
+    graphs = cached_inputs(table, RadiusGraph(GraphSettings()), progress=False)
     sample = make_sample(table, graphs, args.n, args.seed)
     data = pyg_data_list(graphs, sample)
     model = initial_model(args.seed)
