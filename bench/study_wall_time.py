@@ -23,7 +23,7 @@ How to run (by hand, not a test; reads files only, seconds)
     python bench/study_wall_time.py studies/paper-seed0 --since 2026-11-22T05:02:00
     python bench/study_wall_time.py studies/paper-seed0 --cost-model -1
 
-It prints tables and writes ``bench/results/study_wall_time.json`` with the command line and machine.
+It prints tables and writes ``bench/results/study_wall_time.json`` (or ``--out``) with the command line and machine.
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--since", help="ISO time: count only tasks that finished after it")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="for the ideal wall time")
     parser.add_argument("--cost-model", type=int, metavar="RUN", help="estimate every task at run RUN's costs")
+    parser.add_argument("--out", type=Path, help="the JSON report (default bench/results/study_wall_time.json)")
     args = parser.parse_args()
 
     frame = task_frame(args.study_dir)
@@ -132,7 +133,7 @@ def main() -> None:
     report = {"command": command_line(), "study_dir": str(args.study_dir), "since": args.since,
               "workers": args.workers, "parts": parts, "study": whole, "runs": runs,
               "cost_model_run": args.cost_model, "cost_model_estimate": estimate, "machine": machine()}
-    print(f"\nwrote {save_report('study_wall_time', report)}")
+    print(f"\nwrote {save_report('study_wall_time', report, args.out)}")
 
 
 if __name__ == "__main__":
