@@ -41,8 +41,9 @@ def cached_latents(model: TransferModel, keys: list[str], inputs: InputStore, ro
     device does the encoding; the result is on it.
 
     ``rows``: the positions the caller reads (default: every row). The others are NaN, never encoded: a study
-    prepares a dataset's every row (Part 2 pre-trains on 30k eform structures) while a `heads` fine-tune reads
-    its split's 1-5k, and encoding the whole store was most of its time (bench/README.md, "heads in a study").
+    prepares every row of a dataset (Part 2 pre-trains on up to the whole 36,737-row MP snapshot) while a
+    `heads` fine-tune reads its split's 1-5k, and encoding the whole store was most of its time
+    (bench/README.md, "Study wall time").
     """
     path = cache_file(model)
     known: dict[str, Tensor] = {}
