@@ -49,6 +49,12 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     # the crystal's vector from four reductions over atoms: targets set by extremes (the lightest atom,
     # the stiffest bond) are invisible to a mean
     "pool4": {"model": {"encoder": {"name": "cgcnn", "pooling": "mean+max+min+std"}}},
+    # element vectors from the elements' Magpie properties: a rare element borrows from similar ones
+    "elem-magpie": {"model": {"encoder": {"name": "cgcnn", "elements": "magpie"}}},
+    "elem-both": {"model": {"encoder": {"name": "cgcnn", "elements": "learned+magpie"}}},
+    # the readout also pools each atom's raw descriptors (element properties, nearest-neighbour distance)
+    "desc": {"model": {"encoder": {"name": "cgcnn", "atom_descriptors": True}}},
+    "norm": {"model": {"head": {"input_norm": True}}},  # the head standardises its input features
 }
 # Targets whose values are all strictly positive (and heavy-tailed): the ones `log` applies to.
 # expt_gap, bandgap (metals at 0) and gvrh (already a log10, 19 rows at 0) are not.
@@ -166,7 +172,11 @@ def main() -> None:
                         run_one(options_for(target, n, seed, name, args.max_epochs, args.compile, run_dir), run_dir)
                         found = row(run_dir, target, n, seed, name, args.max_epochs)
                         print(f"  test MAE {found['test_mae']:.4g}" if found else "  FAILED (see stderr.txt)", flush=True)
-    rows = collect(args.runs)
+    # runs of earlier machines stay: rows of run directories not under ``--runs`` are kept as they are
+    found = collect(args.runs)
+    new = {r["run_dir"] for r in found}
+    kept = pd.read_csv(RESULTS).to_dict("records") if RESULTS.is_file() else []
+    rows = [r for r in kept if r["run_dir"] not in new] + found
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with open(RESULTS, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)

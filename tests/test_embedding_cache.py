@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 
 from mattransfer.finetune import METHODS, param_groups
+from mattransfer.models.encoders.cgcnn import CGCNN
 from mattransfer.models.model import TransferModel
 from mattransfer.training import job as job_module
 from mattransfer.training.job import train_and_test
@@ -122,9 +124,11 @@ def test_frozen_prefix_cache_matches_the_unfused_path(pretrained, volume_data, v
             assert torch.equal(value, reference[name]), f"{name} changed although frozen"
 
 
-def test_prefix_batches_give_the_encoders_own_output(pretrained, volume_data):
+@pytest.mark.parametrize("descriptors", [False, True])
+def test_prefix_batches_give_the_encoders_own_output(pretrained, volume_data, descriptors):
     """Any mini-batch of a prefix store, in any order, gives what the whole encoder gives on it."""
-    encoder = pretrained.encoder.eval()
+    encoder = (CGCNN(CGCNN.Config(atom_descriptors=True, pooling="mean+max"), pretrained.graphs) if descriptors
+               else pretrained.encoder).eval()
     for start in range(1, len(encoder.blocks()) + 1):
         store = PrefixStore(volume_data.inputs, encoder, start, torch.device("cpu"), batch_size=7)
         index = torch.randperm(len(store), generator=torch.Generator().manual_seed(start))[:25]

@@ -12,6 +12,7 @@ from mattransfer.data.registry import DataSources
 from mattransfer.errors import ConfigError
 from mattransfer.graphs.build import RadiusGraph
 from mattransfer.graphs.inputs import cached_inputs
+from mattransfer.models.encoders.cgcnn import CGCNN, element_properties
 from mattransfer.models.lora import LINEAR_TYPES, LoRALinear
 from mattransfer.models.model import ModelConfig, TransferModel
 from mattransfer.training.job import predict_structures
@@ -98,6 +99,44 @@ def test_set_target_standardises_on_train_values(graph_settings):
     assert float(model.target_mean) == 3.0 and float(model.target_std) == 2.0
     model.set_target("d", "y", "eV", torch.tensor([4.0, 4.0], dtype=torch.float64))
     assert float(model.target_std) == 1.0  # constant targets: no division by zero
+
+
+@pytest.mark.parametrize("elements, borrows", [("learned", False), ("magpie", True), ("learned+magpie", True)])
+def test_element_properties_let_an_unseen_element_borrow_from_trained_ones(elements, borrows, graph_settings):
+    embedding = CGCNN(CGCNN.Config(elements=elements), graph_settings).embedding
+    sulphur = torch.tensor([16])
+    before = embedding(sulphur).detach().clone()
+    optimizer = torch.optim.SGD(embedding.parameters(), lr=0.1)
+    embedding(torch.tensor([8, 8, 26])).pow(2).sum().backward()  # a step on oxides of iron only
+    optimizer.step()
+    assert (not torch.equal(embedding(sulphur), before)) == borrows
+
+
+def test_element_property_embedding_round_trips_and_old_keys_stay(graph_settings, volume_batch, tmp_path):
+    learned = TransferModel(ModelConfig(), graph_settings)
+    assert [k for k in learned.state_dict() if k.startswith("encoder.embedding")] == ["encoder.embedding.weight"]
+    model = TransferModel(ModelConfig(encoder={"name": "cgcnn", "elements": "magpie"}), graph_settings).eval()
+    model.save(tmp_path / "magpie.ckpt")
+    loaded = TransferModel.load(tmp_path / "magpie.ckpt").eval()
+    _assert_same_state(loaded, model)
+    assert torch.equal(loaded.predict(volume_batch), model.predict(volume_batch))
+
+
+def test_atom_descriptors_reach_the_readout_unconvolved(graph_settings, demo_energy):
+    store = cached_inputs(demo_energy, RadiusGraph(graph_settings), progress=False)
+    index = torch.tensor([0, 7, 3])
+    batch = store.batch(index)
+    encoder = CGCNN(CGCNN.Config(atom_descriptors=True, pooling="mean+max"), graph_settings).eval()
+    assert encoder.atom_dim == 64 + 22 + 1 and encoder.out_dim == 2 * encoder.atom_dim
+    with torch.no_grad():
+        atoms, crystals = encoder.atom_features(batch), encoder(batch)
+    descriptors = atoms[:, 64:]
+    torch.testing.assert_close(descriptors[:, :22], element_properties(100)[batch.z])
+    nearest = [min(n.nn_distance for n in site) for g in index.tolist()
+               for site in demo_energy.structures[g].get_all_neighbors(graph_settings.cutoff)]
+    torch.testing.assert_close(descriptors[:, 22], torch.tensor(nearest, dtype=torch.float32))
+    for g in range(len(index)):  # the max pool's descriptor columns: the crystal's extremes, e.g. its shortest bond
+        torch.testing.assert_close(crystals[g, encoder.atom_dim + 64:], descriptors[batch.batch == g].max(0).values)
 
 
 def test_load_errors_name_the_checkpoint(tmp_path):

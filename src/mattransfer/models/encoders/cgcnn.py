@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 from torch_geometric.nn import CGConv
 from torch_geometric.nn.models.schnet import GaussianSmearing
+from torch_geometric.utils import scatter
 
 from mattransfer.graphs.build import GraphSettings, RadiusGraph
 from mattransfer.graphs.store import GraphBatch
 from mattransfer.models.encoders.base import Encoder, Pooling, register_encoder
+from mattransfer.models.encoders.magpie_mlp import magpie_table
 
 
 def edge_linear(weight: Tensor, bias: Tensor, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
@@ -49,6 +53,41 @@ class FactorizedCGConv(CGConv):
         return out + x
 
 
+def element_properties(max_z: int) -> Tensor:
+    """(max_z + 1, 22) the elements' Magpie properties, standardised over the elements; row Z is element Z
+    (Z 0 and Z beyond the table read zeros, the mean)."""
+    table = magpie_table()
+    table = (table - table.mean(0)) / table.std(0)
+    rows = torch.zeros(max_z + 1, table.shape[1])
+    known = min(max_z, table.shape[0])
+    rows[1:known + 1] = table[:known]
+    return rows
+
+
+class ElementEmbedding(nn.Embedding):
+    """Each element's starting atom vector: a learned one per atomic number, a linear map of the element's
+    22 Magpie properties (atomic weight, electronegativity, radii, ...; standardised over the elements), or
+    their sum. The properties let the few samples of a rare element borrow from elements that resemble it,
+    which a learned vector of its own cannot. The state dict keeps ``weight`` (nn.Embedding's), so
+    checkpoints of the learned-only embedding load unchanged.
+    """
+
+    def __init__(self, max_z: int, dim: int, elements: str) -> None:
+        super().__init__(max_z + 1, dim)
+        self.learned = "learned" in elements.split("+")
+        self.property_map: nn.Linear | None = None
+        if "magpie" in elements.split("+"):
+            self.register_buffer("properties", element_properties(max_z))
+            self.property_map = nn.Linear(self.properties.shape[1], dim)
+
+    def forward(self, z: Tensor) -> Tensor:
+        x = super().forward(z) if self.learned else None
+        if self.property_map is not None:
+            mapped = self.property_map(self.properties[z])
+            x = mapped if x is None else x + mapped
+        return x
+
+
 @register_encoder("cgcnn")
 class CGCNN(Encoder):
     unknown_element_advice = "raise the encoder's max_z"
@@ -60,19 +99,28 @@ class CGCNN(Encoder):
         n_layers: int = Field(3, ge=1, description="graph convolution layers")
         n_gaussians: int = Field(40, ge=2, description="Gaussians in the distance expansion")
         max_z: int = Field(100, ge=1, description="largest atomic number in the embedding table")
+        elements: Literal["learned", "magpie", "learned+magpie"] = Field(
+            "learned", description="each element's starting vector: learned per element, a linear map of its"
+            " Magpie properties, or both summed")
         batch_norm: bool = True
         pooling: Pooling = "mean"
+        atom_descriptors: bool = Field(
+            False, description="the readout also pools each atom's own descriptors, unconvolved: its element's 22"
+            " standardised Magpie properties and its nearest-neighbour distance")
 
     def __init__(self, config: Config, graphs: GraphSettings) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(config.max_z + 1, config.hidden)
+        self.embedding = ElementEmbedding(config.max_z, config.hidden, config.elements)
         self.expansion = GaussianSmearing(0.0, graphs.cutoff, config.n_gaussians)
         self.layers = nn.ModuleList(
             FactorizedCGConv(config.hidden, dim=config.n_gaussians, batch_norm=config.batch_norm)
             for _ in range(config.n_layers)
         )
         self.pooling = config.pooling
-        self.atom_dim = config.hidden
+        self.atom_descriptors = config.atom_descriptors
+        if config.atom_descriptors:
+            self.register_buffer("descriptor_table", element_properties(config.max_z))
+        self.atom_dim = config.hidden + (self.descriptor_table.shape[1] + 1 if config.atom_descriptors else 0)
         self.elements = frozenset(range(1, config.max_z + 1))
         self.graph_settings = graphs
 
@@ -92,4 +140,12 @@ class CGCNN(Encoder):
             edge_attr = self.expansion(batch.distance)
             for conv in self.layers[max(start, 1) - 1:stop - 1]:
                 x = F.softplus(conv(x, batch.edge_index, edge_attr))
+        if self.atom_descriptors and start < stop == len(self.layers) + 1:  # once, by the call running the last block
+            x = torch.cat([x, self.descriptors(batch)], dim=1)
         return {"atom": x}
+
+    def descriptors(self, batch: GraphBatch) -> Tensor:
+        """(n_atoms, 23): an atom's element properties and the distance to its nearest neighbour (Å; 0 alone).
+        Targets set by the lightest atom or the shortest bond (a phonon band's top) read them directly."""
+        nearest = scatter(batch.distance, batch.edge_index[1], 0, dim_size=batch.z.shape[0], reduce="min")
+        return torch.cat([self.descriptor_table[batch.z], nearest.unsqueeze(1)], dim=1)
