@@ -12,6 +12,8 @@ docs/results/dft-to-expt).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,6 +29,11 @@ N_STATISTICS = 6  # minimum, maximum, range, mean, avg_dev, mode
 
 def magpie_table() -> Tensor:
     """(N_ELEMENTS, 22) Magpie element properties, Z 1..N_ELEMENTS; a missing value is the property's mean."""
+    return _magpie_table().clone()  # a copy: a module's buffer is overwritten in place when weights load
+
+
+@lru_cache(maxsize=1)
+def _magpie_table() -> Tensor:
     from matminer.featurizers.composition import ElementProperty  # seconds to import: only to build the model
     from pymatgen.core import Element
 
