@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mattransfer.models.encoders.cgcnn import CGCNN
 from recipe import recipe  # bench/recipe.py, beside this script
 
 KEYS = ["encoder", "method", "pooling", "head", "target", "n"]
@@ -72,7 +73,7 @@ def read(path: Path) -> pd.DataFrame:
 
 def recipe_pooling(name: str) -> str:
     """The readout of a bench/recipe.py recipe (``a+b`` combined): the encoder's default but where it says."""
-    return recipe(name).get("model", {}).get("encoder", {}).get("pooling", "mean")
+    return recipe(name).get("model", {}).get("encoder", {}).get("pooling", CGCNN.Config().pooling)
 
 
 def main() -> None:

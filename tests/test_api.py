@@ -22,6 +22,7 @@ import mattransfer
 from mattransfer.cli import build_parser, main
 from mattransfer.errors import ConfigError, DataError
 from mattransfer.models.domain import Domain
+from mattransfer.models.model import TransferModel
 from mattransfer.training.job import predict_structures
 
 from conftest import GRAPHS, MODEL, TRAINING, fcc
@@ -36,7 +37,7 @@ def test_readme_api_example_runs(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out
-    assert "eV/atom" in out and "(2, 32)" in out
+    assert "eV/atom" in out and "(2, 220)" in out
 
 
 def test_predict_takes_structures_atoms_and_paths(pretrained_ckpt, demo_energy, tmp_path):
@@ -56,8 +57,9 @@ def test_predict_takes_structures_atoms_and_paths(pretrained_ckpt, demo_energy, 
 def test_embed_shape_and_pooling(pretrained_ckpt, demo_energy):
     model = mattransfer.load(pretrained_ckpt)
     structures = list(demo_energy.structures[:4])
-    mean = model.embed(structures)
-    assert mean.shape == (4, MODEL["encoder"]["hidden"])
+    assert model.embed(structures).shape == (4, model.module.encoder.out_dim)  # the encoder's own pooling
+    mean = model.embed(structures, pooling="mean")
+    assert mean.shape == (4, model.module.encoder.atom_dim)
     summed = model.embed(structures, pooling="sum")
     sizes = np.array([len(s) for s in structures])[:, None]
     np.testing.assert_allclose(summed, mean * sizes, rtol=1e-4, atol=1e-5)
@@ -137,7 +139,7 @@ def test_domain_flags_unseen_elements_range_and_distance():
 
 def test_checkpoint_with_domain_loads_with_weights_only(pretrained_ckpt):
     raw = torch.load(pretrained_ckpt, weights_only=True)  # tensors and plain types only
-    assert raw["domain"]["elements"] and raw["domain"]["reference"].shape[1] == MODEL["encoder"]["hidden"]
+    assert raw["domain"]["elements"] and raw["domain"]["reference"].shape[1] == TransferModel.load(pretrained_ckpt).encoder.out_dim
     assert raw["domain"]["target_min"] < raw["domain"]["target_max"]
     assert raw["provenance"]["mattransfer_version"] == mattransfer.__version__
 

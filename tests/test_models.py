@@ -79,8 +79,8 @@ def test_lora_injection_is_a_no_op(pretrained_ckpt, volume_batch):
     adapted = TransferModel.load(pretrained_ckpt)
     wrapped = adapted.add_lora(rank=4, alpha=8.0)
     adapted.eval()
-    # Every linear layer of the encoder is wrapped (CGConv's lin_f and lin_s in each layer).
-    assert len(wrapped) == 2 * len(adapted.encoder.layers)
+    # Every linear layer of the encoder is wrapped (CGConv's lin_f and lin_s in each layer, the element map).
+    assert len(wrapped) == 2 * len(adapted.encoder.layers) + 1
     for name, module in adapted.encoder.named_modules():
         if isinstance(module, LINEAR_TYPES):
             assert name.endswith(".base"), f"{name} was not wrapped"
@@ -113,7 +113,7 @@ def test_element_properties_let_an_unseen_element_borrow_from_trained_ones(eleme
 
 
 def test_element_property_embedding_round_trips_and_old_keys_stay(graph_settings, volume_batch, tmp_path):
-    learned = TransferModel(ModelConfig(), graph_settings)
+    learned = TransferModel(ModelConfig(encoder={"name": "cgcnn", "elements": "learned"}), graph_settings)
     assert [k for k in learned.state_dict() if k.startswith("encoder.embedding")] == ["encoder.embedding.weight"]
     model = TransferModel(ModelConfig(encoder={"name": "cgcnn", "elements": "magpie"}), graph_settings).eval()
     model.save(tmp_path / "magpie.ckpt")
@@ -137,6 +137,22 @@ def test_atom_descriptors_reach_the_readout_unconvolved(graph_settings, demo_ene
     torch.testing.assert_close(descriptors[:, 22], torch.tensor(nearest, dtype=torch.float32))
     for g in range(len(index)):  # the max pool's descriptor columns: the crystal's extremes, e.g. its shortest bond
         torch.testing.assert_close(crystals[g, encoder.atom_dim + 64:], descriptors[batch.batch == g].max(0).values)
+
+
+def test_a_checkpoint_from_before_an_encoder_option_loads_as_the_model_it_saved(graph_settings, volume_batch, tmp_path):
+    """Options added to CGCNN since (elements, atom_descriptors, pooling) are absent from older checkpoints: they
+    read as the values of then, so such a checkpoint rebuilds its own model whatever today's defaults are."""
+    old = {"name": "cgcnn", "pooling": "mean", "elements": "learned", "atom_descriptors": False}
+    model = TransferModel(ModelConfig(encoder=old), graph_settings).eval()
+    model.save(tmp_path / "old.ckpt")
+    checkpoint = torch.load(tmp_path / "old.ckpt", weights_only=True)
+    for option in CGCNN.added_options:
+        del checkpoint["model"]["encoder"][option]
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    loaded = TransferModel.load(tmp_path / "old.ckpt").eval()
+    assert {k: loaded.config.encoder[k] for k in old} == old
+    _assert_same_state(loaded, model)
+    assert torch.equal(loaded.predict(volume_batch), model.predict(volume_batch))
 
 
 def test_load_errors_name_the_checkpoint(tmp_path):

@@ -20,6 +20,7 @@ from mattransfer.data.symmetry import BRAVAIS, bravais_lattice
 from mattransfer.errors import ConfigError
 from mattransfer.finetune import param_groups
 from mattransfer.graphs.build import GraphSettings
+from mattransfer.models.encoders.cgcnn import CGCNN
 from mattransfer.models.model import ModelConfig, TransferModel
 from mattransfer.study import (
     COLUMNS, PRESETS, StudySpec, load_spec, pick_part2_targets, run_study, study_status, transfer_gain, write_preset,
@@ -251,7 +252,7 @@ def test_objective_of_weight_zero_is_plain_training(volume_data, volume_split, g
     plain, zero, biased = trained(None), trained(0.0), trained(1.0)
     for name, value in plain.encoder.state_dict().items():
         assert torch.equal(value, zero.encoder.state_dict()[name]), name
-    assert not torch.equal(plain.encoder.embedding.weight, biased.encoder.embedding.weight)
+    assert not torch.equal(plain.encoder.layers[0].lin_f.weight, biased.encoder.layers[0].lin_f.weight)
 
 
 def test_old_checkpoints_with_a_bravais_head_still_load(tmp_path):
@@ -541,6 +542,11 @@ def test_a_package_model_is_a_part1_source_with_its_own_inputs(tmp_path):
         spec(part1={"universal": ["nosuch:1"]})
 
 
+def v1(model: ModelConfig) -> ModelConfig:
+    """``model`` with the CGCNN options of the default until session 10 (mean readout, learned element vectors,
+    no atom descriptors): the computation of then. Today's defaults are another computation, with new hashes."""
+    return model.model_copy(update={"encoder": {**model.encoder, **CGCNN.added_options}})
+
 BEFORE_NEW_OPTIONS = {
     "pretrain demo_energy λ=0.5 n=40 seed 0": "105b1df0aa712151",
     "scratch demo_volume n=12 seed 0": "4cd5d67d6d2166f1",
@@ -558,6 +564,7 @@ def test_tasks_of_studies_run_before_new_options_keep_their_hashes():
         tiny = spec(part1={"methods": ["heads", "full"]}, pretrain={**TINY_TRAINING, **training},
                     finetune={**TINY_TRAINING, **training},
                     part3={"pairs": [["demo_energy", "demo_volume"]], "methods": ["full", "heads"], "finetune_sizes": [12]})
+        tiny = tiny.model_copy(update={"model": v1(tiny.model)})
         data = {k: PreparedData(k, "y", "u", f"fp-{k}", 300, 270, Path("/nowhere"), RadiusGraph(tiny.graphs))
                 for k in tiny.datasets}
         planned = {t.describe(): t.hash for t in Planner(tiny, data).plan()}
@@ -585,7 +592,8 @@ def test_shipped_studies_plan_the_tasks_they_planned_before(name):
     study = load_spec(name if name in PRESETS else Path(__file__).parents[1] / name)
     old = {"clip_to_train_range": False}  # the computation of then (clipping came after, with new hashes)
     study = study.model_copy(update={"pretrain": study.pretrain.model_copy(update=old),
-                                     "finetune": study.finetune.model_copy(update=old)})
+                                     "finetune": study.finetune.model_copy(update=old),
+                                     "model": v1(study.model)})  # and the default encoder of then
     pools = {**POOLS, "demo_energy": 270, "demo_volume": 270, "demo_bulk": 270}
     keys = [*study.datasets, *(f"{d}@{u}" for d in study.datasets for u in study.part1.universal)]
     data = {k: PreparedData(k, "y", "u", f"fp-{k}", 1000, pools[k.split("@")[0]], Path("/nowhere"),

@@ -38,6 +38,14 @@ class ModelConfig(BaseModel):
         return {"name": name, **ENCODERS[name].Config(**options).model_dump()}
 
 
+def saved_model_config(saved: dict[str, Any]) -> ModelConfig:
+    """The config a checkpoint was saved with. An encoder option it lacks was added after it was written and
+    reads as the encoder's ``added_options`` value (what the checkpoint computed), not as today's default."""
+    encoder = dict(saved.get("encoder", {}))
+    added = getattr(ENCODERS.get(encoder.get("name", "cgcnn")), "added_options", {})
+    return ModelConfig(**{**saved, "encoder": {**added, **encoder}})
+
+
 class TransferModel(nn.Module):
     """``encoder`` (structure → latent) and ``head`` (latent → standardised target).
 
@@ -191,7 +199,7 @@ class TransferModel(nn.Module):
         """Rebuild a saved model. Only tensors and plain types are unpickled: a checkpoint never runs code."""
         checkpoint = read_checkpoint(path)
         try:
-            model = cls(ModelConfig(**checkpoint["model"]), GraphSettings(**checkpoint["graphs"]))
+            model = cls(saved_model_config(checkpoint["model"]), GraphSettings(**checkpoint["graphs"]))
             if checkpoint["lora"]:
                 model.add_lora(int(checkpoint["lora"]["rank"]), checkpoint["lora"]["alpha"])
             # Pre-trainings of before `training.objectives` saved their Bravais classifier: no use now.

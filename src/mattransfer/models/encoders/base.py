@@ -62,9 +62,11 @@ def pool(atoms: Tensor, index: Tensor, size: int, pooling: str) -> Tensor:
     out = []
     for part in pooling_parts(pooling):
         if part == "std":  # population std; 0 for a one-atom cell
+            # from the centred values: E[x²] - E[x]² cancels to float noise (~1e-3 after the root) for a
+            # feature that is constant over a crystal, such as an element property in an elemental solid
             mean = scatter(atoms, index, 0, dim_size=size, reduce="mean")
-            square = scatter(atoms * atoms, index, 0, dim_size=size, reduce="mean")
-            out.append((square - mean * mean).clamp_min(1e-12).sqrt())
+            centred = atoms - mean[index]
+            out.append(scatter(centred * centred, index, 0, dim_size=size, reduce="mean").clamp_min(1e-12).sqrt())
         else:
             out.append(scatter(atoms, index, 0, dim_size=size, reduce=part))
     return torch.cat(out, dim=1)
@@ -76,6 +78,9 @@ class Encoder(nn.Module):
     pooling: str  # a `pool` spec
     elements: frozenset[int]  # atomic numbers the encoder has weights for
     unknown_element_advice: ClassVar[str] = ""  # what to do about an element outside ``elements``
+    # Options added after checkpoints of the encoder were first written, at the values that compute what those
+    # checkpoints computed: a saved config without one reads as this value, not as today's default.
+    added_options: ClassVar[dict[str, Any]] = {}
 
     def featurizer(self) -> Featurizer:
         """What turns structures into this encoder's input store."""
