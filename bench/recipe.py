@@ -27,10 +27,15 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "recipe_runs.csv"
 
-# Each recipe is what it changes against today's defaults (TrainConfig(): cgcnn 64×3, 40 gaussians,
-# head [64], lr 1e-3, batch 32, 500 epochs, patience 50, L1 on standardised targets).
+# Each recipe is what it changes against today's defaults (TrainConfig(): cgcnn 64×3, 40 gaussians, element
+# vectors from Magpie properties, atom descriptors, mean+max+min+std readout, head [64], lr 1e-3, batch 32,
+# 500 epochs, patience 50, L1 on standardised targets, predictions clipped to the training range). "v1" is the
+# default until session 10 ("v1+pool4+elem-magpie+desc" is today's); runs recorded before clipping became the
+# default are "v1+noclip+<change>".
 RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "default": {},
+    "v1": {"model": {"encoder": {"name": "cgcnn", "pooling": "mean", "elements": "learned", "atom_descriptors": False}}},
+    "noclip": {"training": {"clip_to_train_range": False}},
     "cosine": {"training": {"schedule": "cosine", "warmup_epochs": 10}},
     # the whole cosine decay, with no early stop (patience above any max_epochs): the best-validation
     # epoch is still restored, but the low-rate end of the schedule is always reached
@@ -146,6 +151,20 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def compare(rows: list[dict[str, Any]], base: str, other: str) -> str:
+    """Markdown: per target and n, ``other`` against ``base`` on the seeds both ran (the same samples and test
+    set per seed): test MAE mean ± std, the change of the means, and on how many seeds ``other`` is lower."""
+    frame = pd.DataFrame(rows)
+    wide = frame[frame.recipe.isin([base, other])].pivot_table(index=["target", "n", "seed"], columns="recipe",
+                                                               values="test_mae").dropna()
+    lines = [f"| target | n | seeds | {base} | {other} | change | {other} lower |", "|---|---|---|---|---|---|---|"]
+    for (target, n), g in wide.groupby(level=["target", "n"]):
+        a, b = g[base], g[other]
+        lines.append(f"| {target} | {n} | {len(g)} | {a.mean():.3g} ± {a.std():.2g} | {b.mean():.3g} ± {b.std():.2g} |"
+                     f" {100 * (b.mean() / a.mean() - 1):+.0f} % | {(b < a).sum()} of {len(g)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=Path, required=True, help="where run directories go (outside git)")
@@ -157,6 +176,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the encoder (same results, faster)")
     parser.add_argument("--collect-only", action="store_true", help="only rebuild the CSV from finished runs")
     parser.add_argument("--table", action="store_true", help="print the markdown table of every finished run")
+    parser.add_argument("--compare", nargs=2, metavar=("BASE", "OTHER"),
+                        help="print OTHER against BASE per target and n, on the seeds both ran")
     args = parser.parse_args()
     if not args.collect_only:
         for name in args.recipes:
@@ -172,11 +193,12 @@ def main() -> None:
                         run_one(options_for(target, n, seed, name, args.max_epochs, args.compile, run_dir), run_dir)
                         found = row(run_dir, target, n, seed, name, args.max_epochs)
                         print(f"  test MAE {found['test_mae']:.4g}" if found else "  FAILED (see stderr.txt)", flush=True)
-    # runs of earlier machines stay: rows of run directories not under ``--runs`` are kept as they are
+    # runs of earlier machines stay: a row is replaced only by a run of the same target, n, seed, recipe and cap
     found = collect(args.runs)
-    new = {r["run_dir"] for r in found}
+    identity = ("target", "n", "seed", "recipe", "max_epochs")
+    new = {tuple(r[k] for k in identity) for r in found}
     kept = pd.read_csv(RESULTS).to_dict("records") if RESULTS.is_file() else []
-    rows = [r for r in kept if r["run_dir"] not in new] + found
+    rows = [r for r in kept if tuple(r[k] for k in identity) not in new] + found
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with open(RESULTS, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
@@ -185,6 +207,8 @@ def main() -> None:
     print(f"{len(rows)} runs in {RESULTS}")
     if args.table:
         print(table(rows))
+    if args.compare:
+        print(compare(rows, *args.compare))
 
 
 if __name__ == "__main__":
