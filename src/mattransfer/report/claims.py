@@ -141,7 +141,7 @@ def accuracy(results_dir: Path) -> str:
     pretrain = done[(done["kind"] == "pretrain") & (done["target"] == "eform")].iloc[0]
     phonons = done[(done["target"] == "phonons") & (done["finetune_size"] == 800)]
     rows = ["| what | number |", "|---|---|", f"| pre-train on eform, {_n(pretrain.pretrain_size)} samples ({pretrain.n_train}/{pretrain.n_val}), "
-            f"default CGCNN | test MAE {pretrain.test_mae:.3f} {pretrain.unit}, R² {pretrain.test_r2:.3f} "
+            f"`v1` CGCNN | test MAE {pretrain.test_mae:.3f} {pretrain.unit}, R² {pretrain.test_r2:.3f} "
             f"(n_test {_n(pretrain.n_test)}) |"]
     for label, run in [("phonons at 800 samples, scratch", phonons[phonons["method"] == an.SCRATCH]),
                        ("… eform → phonons, `full`", phonons[(phonons["source"] == "eform") & (phonons["method"] == "full")]),
