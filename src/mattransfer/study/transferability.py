@@ -75,7 +75,9 @@ def score_cells(spec: StudySpec, plan: Plan, study: StudyDir, data: dict[str, Pr
                          "source_id": source, "score": name, "value": value, "n": len(ids),
                          "seconds": round(time.perf_counter() - start, 3)})
     if rows:
-        known = pd.concat([known.astype({"value": float}), pd.DataFrame(rows, columns=COLUMNS)], ignore_index=True)
+        added = pd.DataFrame(rows, columns=COLUMNS)
+        # concatenating an empty frame is deprecated in pandas (and would decide the columns' types)
+        known = added if known.empty else pd.concat([known.astype({"value": float}), added], ignore_index=True)
         write_atomic(path, known.to_csv(index=False))
         log.info("transferability: %d scores of %d cells added to %s", len(rows), len(cells), path)
     return known
