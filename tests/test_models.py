@@ -113,7 +113,7 @@ def test_element_properties_let_an_unseen_element_borrow_from_trained_ones(eleme
 
 
 def test_element_property_embedding_round_trips_and_old_keys_stay(graph_settings, volume_batch, tmp_path):
-    learned = TransferModel(ModelConfig(encoder={"name": "cgcnn", "elements": "learned"}), graph_settings)
+    learned = TransferModel(ModelConfig(encoder={"name": "cgcnn", **CGCNN.added_options}), graph_settings)  # v1
     assert [k for k in learned.state_dict() if k.startswith("encoder.embedding")] == ["encoder.embedding.weight"]
     model = TransferModel(ModelConfig(encoder={"name": "cgcnn", "elements": "magpie"}), graph_settings).eval()
     model.save(tmp_path / "magpie.ckpt")

@@ -76,10 +76,11 @@ class ElementEmbedding(nn.Module):
     linear map of the element's 22 Magpie properties (atomic weight, electronegativity, radii, ...;
     standardised over the elements), or their sum. The properties let the few samples of a rare element
     borrow from elements that resemble it, which a learned vector of its own cannot. Checkpoints of the
-    learned-only embedding (an nn.Embedding) load unchanged.
+    learned-only embedding (an nn.Embedding) load unchanged. ``keep_properties`` keeps the table (``properties``)
+    for other readers even when the vectors do not use it.
     """
 
-    def __init__(self, max_z: int, dim: int, elements: str) -> None:
+    def __init__(self, max_z: int, dim: int, elements: str, keep_properties: bool = False) -> None:
         super().__init__()
         parts = elements.split("+")
         self.weight: nn.Parameter | None = None
@@ -87,8 +88,9 @@ class ElementEmbedding(nn.Module):
             self.weight = nn.Parameter(torch.empty(max_z + 1, dim))
             nn.init.normal_(self.weight)  # nn.Embedding's initialisation: the same draws as before
         self.property_map: nn.Linear | None = None
-        if "magpie" in parts:
+        if "magpie" in parts or keep_properties:
             self.register_buffer("properties", element_properties(max_z))
+        if "magpie" in parts:
             self.property_map = nn.Linear(self.properties.shape[1], dim)
 
     def forward(self, z: Tensor) -> Tensor:
@@ -122,7 +124,8 @@ class CGCNN(Encoder):
 
     def __init__(self, config: Config, graphs: GraphSettings) -> None:
         super().__init__()
-        self.embedding = ElementEmbedding(config.max_z, config.hidden, config.elements)
+        self.embedding = ElementEmbedding(config.max_z, config.hidden, config.elements,
+                                          keep_properties=config.atom_descriptors)
         self.expansion = GaussianSmearing(0.0, graphs.cutoff, config.n_gaussians)
         self.layers = nn.ModuleList(
             FactorizedCGConv(config.hidden, dim=config.n_gaussians, batch_norm=config.batch_norm)
@@ -130,9 +133,7 @@ class CGCNN(Encoder):
         )
         self.pooling = config.pooling
         self.atom_descriptors = config.atom_descriptors
-        if config.atom_descriptors:
-            self.register_buffer("descriptor_table", element_properties(config.max_z))
-        self.atom_dim = config.hidden + (self.descriptor_table.shape[1] + 1 if config.atom_descriptors else 0)
+        self.atom_dim = config.hidden + (self.embedding.properties.shape[1] + 1 if config.atom_descriptors else 0)
         self.elements = frozenset(range(1, config.max_z + 1))
         self.graph_settings = graphs
 
@@ -160,4 +161,4 @@ class CGCNN(Encoder):
         """(n_atoms, 23): an atom's element properties and the distance to its nearest neighbour (Å; 0 alone).
         Targets set by the lightest atom or the shortest bond (a phonon band's top) read them directly."""
         nearest = scatter(batch.distance, batch.edge_index[1], 0, dim_size=batch.z.shape[0], reduce="min")
-        return torch.cat([self.descriptor_table[batch.z], nearest.unsqueeze(1)], dim=1)
+        return torch.cat([self.embedding.properties[batch.z], nearest.unsqueeze(1)], dim=1)
