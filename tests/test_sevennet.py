@@ -24,6 +24,7 @@ from mattransfer.models.encoders.sevennet import SevenNet, _checkpoint, build_se
 from mattransfer.models.head import HeadConfig
 from mattransfer.models.model import TransferModel
 from mattransfer.training.job import Dataset, train_and_test
+from mattransfer.training.prefix import PrefixStore
 from mattransfer.training.trainer import TrainingOptions
 
 def _rock_salt(a: float, cation: str, anion: str) -> Structure:
@@ -129,6 +130,18 @@ def test_freeze_trains_the_last_block_and_the_checkpoint_reloads_it(pretrained_7
     model.save(tmp_path / "model.ckpt")
     loaded = TransferModel.load(tmp_path / "model.ckpt").eval()
     assert torch.equal(loaded.predict(batch), expected)
+
+
+def test_prefix_store_batches_give_sevennets_own_output(pretrained_7net, crystals):
+    """Node features after the frozen first blocks, computed once and sliced per batch, give the whole
+    encoder's atom features for any batch order (what `freeze` trains on)."""
+    encoder = copy.deepcopy(pretrained_7net.encoder).eval()
+    index = torch.tensor([7, 2, 11, 0, 5])
+    with torch.no_grad():
+        whole = encoder.atom_features(crystals.inputs.batch(index))
+        for start in (1, 3, len(encoder.blocks())):
+            prefix = PrefixStore(crystals.inputs, encoder, start, torch.device("cpu"), batch_size=4)
+            torch.testing.assert_close(encoder.atom_features(prefix.batch(index)), whole, atol=1e-5, rtol=1e-5)
 
 
 def test_an_element_sevennet_lacks_is_a_one_line_error_naming_the_structure(pretrained_7net):
