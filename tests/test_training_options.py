@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from mattransfer.errors import ConfigError
 from mattransfer.models.model import ModelConfig, TransferModel
@@ -166,3 +167,40 @@ def test_predictions_are_clipped_to_the_training_targets_range(volume_data, volu
 
     model.set_target("d", "v", "", y[train], clip=False)
     assert model.target["clip"] is None and torch.equal(model.predict_latent(latent), model.predict_latent(latent, clip=False))
+
+
+def test_weight_averaging_validates_and_returns_the_moving_average_of_the_steps(volume_data, volume_split,
+                                                                               graph_settings):
+    """``ema_decay``: the raw weights train as without it; the model validated and returned is the
+    exponential moving average of the weights after each step, taken at the best epoch; frozen weights stay."""
+    def trained(decay: float) -> tuple[TransferModel, object, list[dict[str, torch.Tensor]]]:
+        torch.manual_seed(0)
+        model = TransferModel(ModelConfig(**MODEL), graph_settings)
+        model.freeze(["encoder.embedding"])
+        steps = []
+        hook = register_optimizer_step_post_hook(
+            lambda *_: steps.append({k: v.detach().clone() for k, v in model.named_parameters()}))
+        try:
+            options = TrainingOptions(lr=5e-3, max_epochs=5, patience=5, batch_size=16, ema_decay=decay)
+            params = [{"params": [p for p in model.parameters() if p.requires_grad], "lr": options.lr}]
+            result = fit(model, *_graph_batches(volume_data, volume_split), params, options, seed=0, progress=False)
+        finally:
+            hook.remove()
+        return model, result, steps
+
+    torch.manual_seed(0)
+    initial = TransferModel(ModelConfig(**MODEL), graph_settings)
+    plain_model, plain, _ = trained(0.0)
+    model, averaged, steps = trained(0.8)
+    assert [r["train_loss"] for r in averaged.history] == [r["train_loss"] for r in plain.history]
+    assert [r["val_loss"] for r in averaged.history] != [r["val_loss"] for r in plain.history]
+
+    per_epoch = len(steps) // len(averaged.history)
+    expected = dict(steps[0])
+    for step in steps[1:(averaged.best_epoch + 1) * per_epoch]:
+        expected = {k: 0.8 * v + 0.2 * step[k] for k, v in expected.items()}
+    for name, value in model.named_parameters():
+        torch.testing.assert_close(value, expected[name], rtol=1e-5, atol=1e-6)
+        if name.startswith("encoder.embedding."):
+            assert torch.equal(value, initial.state_dict()[name]), f"{name} changed although frozen"
+    assert any(not torch.equal(v, plain_model.state_dict()[k]) for k, v in model.named_parameters())

@@ -85,7 +85,7 @@ NEW_DEFAULTS: dict[str, Any] = {
     "input_norm": False,  # model.head
     "elements": "learned", "atom_descriptors": False,  # model.encoder (cgcnn)
     "schedule": "constant", "warmup_epochs": 0, "plateau_factor": 0.5, "plateau_patience": 10,  # training
-    "target_transform": "none", "clip_to_train_range": False,
+    "target_transform": "none", "clip_to_train_range": False, "ema_decay": 0.0,
 }
 
 

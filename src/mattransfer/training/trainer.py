@@ -60,6 +60,9 @@ class TrainingOptions(BaseModel):
     target_transform: Literal["none", "log"] = Field(
         "none", description="what the head learns (standardised): the target, or its log (strictly positive,"
         " heavy-tailed targets); predictions and metrics are in the target's unit either way")
+    ema_decay: float = Field(
+        0.0, ge=0, lt=1, description="weight averaging: validation, early stopping and the returned model use an"
+        " exponential moving average of the weights, updated after every step with this decay (0: off)")
 
     @model_validator(mode="after")
     def _warmup_with_cosine(self) -> TrainingOptions:
@@ -173,6 +176,8 @@ def fit(
     val_batches = val.epoch()
     mean_loss = {"train": _mean_predictor_loss(train.y, loss_fn), "val": _mean_predictor_loss(val.y, loss_fn)}
     warnings: list[str] = []
+    averaged = _weight_average(model, options.ema_decay)
+    scored = model if averaged is None else averaged.module  # what validation sees and fit returns
     best = {"loss": math.inf, "epoch": -1, "state": copy.deepcopy(model.state_dict())}
     history: list[dict[str, float]] = []
     start = time.perf_counter()
@@ -194,10 +199,12 @@ def fit(
                     raise TrainingDiverged(_diverged_message(description, epoch, "training", loss.item(), lrs))
                 loss.backward()
                 optimizer.step()
+                if averaged is not None:
+                    averaged.update_parameters(model)
                 train_loss += loss.item() * len(y)
                 # a tensor: no sync per step
                 train_error += (to_unit(prediction.detach()) - to_unit(y)).abs().sum()
-            val_loss, val_error = evaluate(model, val_batches, loss_fn, to_unit)
+            val_loss, val_error = evaluate(scored, val_batches, loss_fn, to_unit)
             if not math.isfinite(val_loss):
                 raise TrainingDiverged(_diverged_message(description, epoch, "validation", val_loss, lrs))
             ratio = train_loss / len(train) / mean_loss["train"]
@@ -213,7 +220,7 @@ def fit(
             })
             history_writer.write(history[-1])
             if val_loss < best["loss"]:
-                best = {"loss": val_loss, "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+                best = {"loss": val_loss, "epoch": epoch, "state": copy.deepcopy(scored.state_dict())}
             if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 scheduler.step(val_loss)
             elif scheduler is not None:
@@ -230,6 +237,15 @@ def fit(
                               f" predicting the training mean ({mean_loss['val']:.4g}); check the learning rate"
                               f" ({lrs}) and the data."))
     return FitResult(best["epoch"], len(history), best["loss"], time.perf_counter() - start, history, warnings)
+
+
+def _weight_average(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """The moving average of ``model``'s weights and buffers (batch-norm statistics included), or None for
+    decay 0. A frozen weight averages to itself exactly (lerp of equal values)."""
+    if not decay:
+        return None
+    return torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _scheduler(optimizer: torch.optim.Optimizer, options: TrainingOptions
