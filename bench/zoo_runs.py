@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import subprocess
 import sys
 import time
@@ -47,7 +48,9 @@ def done_runs(out: Path) -> set[tuple[str, ...]]:
 
 def run_one(args: argparse.Namespace, pooling: str, target: str, n: int, seed: int) -> dict | None:
     """One ``mattransfer train``; its CSV row, or None (its error printed) when it failed."""
-    name = f"{target}_n{n}_{args.method}_{pooling.replace('+', '-')}_s{seed}"
+    # the source is in the name: two sources sharing a runs directory must not overwrite each other's runs
+    source = re.sub(r"[^A-Za-z0-9.-]+", "-", args.source)
+    name = f"{source}_{target}_n{n}_{args.method}_{pooling.replace('+', '-')}_s{seed}"
     run_dir = args.runs_dir.resolve() / name
     options = {
         "seed": seed, "device": "cpu", "threads": args.threads, "output_dir": str(run_dir),
