@@ -102,7 +102,7 @@ def acceptance(table: pd.DataFrame, below: float = 0.15) -> str:
         lines.append(f"| {name} | " + " | ".join(_cell(rows.loc[c], named) if c in rows.index else ""
                                                  for c in columns) + " |")
     change = relative_to_issue_baseline(best)["best of all rows"]
-    lines.append("| best against `v1` | " + " | ".join(f"{change[c] - 1:+.0%}" if c in change else "" for c in columns)
+    lines.append("| best against `v1` | " + " | ".join(f"{change[c] - 1:+.1%}" if c in change else "" for c in columns)
                  + " |")
     targets = sorted({t for t, _ in columns})
     met = [t for t in targets if all(change.get((t, n), 1) <= 1 - below for n in (100, 800))]
