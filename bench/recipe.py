@@ -140,10 +140,9 @@ def collect(runs: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def table(frame: pd.DataFrame) -> str:
     """Markdown: per target, n, recipe and epoch cap, test MAE mean ± std over seeds (sample std), with
     the seeds, n_test, and the train MAE and best epoch averaged over seeds."""
-    frame = pd.DataFrame(rows)
     lines = ["| target | n | recipe | max epochs | test MAE | test median AE | seeds | n_test | train MAE | best epoch |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     groups = frame.groupby(["target", "n", "recipe", "max_epochs"], sort=True)
@@ -155,10 +154,9 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def compare(rows: list[dict[str, Any]], base: str, other: str) -> str:
+def compare(frame: pd.DataFrame, base: str, other: str) -> str:
     """Markdown: per target and n, ``other`` against ``base`` on the seeds both ran (the same samples and test
     set per seed): test MAE mean ± std, the change of the means, and on how many seeds ``other`` is lower."""
-    frame = pd.DataFrame(rows)
     wide = frame[frame.recipe.isin([base, other])].pivot_table(index=["target", "n", "seed"], columns="recipe",
                                                                values="test_mae").dropna()
     lines = [f"| target | n | seeds | {base} | {other} | change | {other} lower |", "|---|---|---|---|---|---|---|"]
@@ -200,8 +198,9 @@ def main() -> None:
     # runs of earlier machines stay: a row is replaced only by a run of the same target, n, seed, recipe and cap
     found = collect(args.runs)
     identity = ("target", "n", "seed", "recipe", "max_epochs")
-    new = {tuple(r[k] for k in identity) for r in found}
-    kept = pd.read_csv(RESULTS).to_dict("records") if RESULTS.is_file() else []
+    new = {tuple(str(r[k]) for k in identity) for r in found}
+    # kept rows stay text, so rewriting the file leaves their digits as they were
+    kept = list(csv.DictReader(RESULTS.open())) if RESULTS.is_file() else []
     rows = [r for r in kept if tuple(r[k] for k in identity) not in new] + found
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with open(RESULTS, "w", newline="") as handle:
@@ -210,9 +209,9 @@ def main() -> None:
         writer.writerows(rows)
     print(f"{len(rows)} runs in {RESULTS}")
     if args.table:
-        print(table(rows))
+        print(table(pd.read_csv(RESULTS)))
     if args.compare:
-        print(compare(rows, *args.compare))
+        print(compare(pd.read_csv(RESULTS), *args.compare))
 
 
 if __name__ == "__main__":
