@@ -226,13 +226,22 @@ def universal_sources(rows: pd.DataFrame) -> set[str]:
     return set(transfer.loc[transfer["pretrain_size"].isna(), "source"])
 
 
-def universal_vs_specific(paired: pd.DataFrame, universal: set[str]) -> pd.DataFrame:
+ANY_METHOD = "any method"
+
+
+def universal_vs_specific(paired: pd.DataFrame, universal: set[str], any_method: bool = False) -> pd.DataFrame:
     """Per (target, method, fine-tune size) that has both: the universal source and the property-specific
     one with the lowest mean test MAE, paired seed by seed (``transfer_gain``'s layout: the universal run
     is the "transfer", the property-specific one stands where scratch stood, so ``gain`` is the universal
-    model's relative improvement over the best property-specific pre-training)."""
+    model's relative improvement over the best property-specific pre-training).
+
+    ``any_method``: each side's best (source, method) per (target, fine-tune size), the method named in the
+    source ("chgnet:0.3.0 (freeze)") and ``method`` set to `ANY_METHOD`: the user's question, as universal
+    and property sources may be fine-tuned with different methods."""
     keys = ["target", "method", "finetune_size"]
     is_universal = paired["source"].isin(universal)
+    if any_method:
+        paired = paired.assign(source=paired["source"] + " (" + paired["method"] + ")", method=ANY_METHOD)
     best = []
     for side in (is_universal, ~is_universal):
         mean = paired[side].groupby([*keys, "source"], as_index=False)["test_mae"].mean()

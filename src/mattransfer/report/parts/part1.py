@@ -178,7 +178,8 @@ def _universal(doc: tx.Document, rows: pd.DataFrame, paired: pd.DataFrame, study
     if not universal:
         return []
     doc.heading("Universal vs property-specific pre-training", 3)
-    both = an.universal_vs_specific(paired, universal)
+    both = pd.concat([an.universal_vs_specific(paired, universal),
+                      an.universal_vs_specific(paired, universal, any_method=True)])
     if both.empty:
         doc.text(f"No (target, method, size) cell has both a universal source ({', '.join(sorted(universal))}) and a"
                  " property-specific one fine-tuned: nothing to compare.")
@@ -188,8 +189,9 @@ def _universal(doc: tx.Document, rows: pd.DataFrame, paired: pd.DataFrame, study
     cells = cells.merge(both.groupby(keys, as_index=False)[["universal", "specific"]].first(), on=keys)
     doc.text("Per target, method and fine-tune size: the universal source and the property-specific source with "
              "the lowest mean test MAE, and the universal one's gain over it, (MAE_specific − MAE_universal) / "
-             f"MAE_specific, with its {100 * un.CONFIDENCE:.0f} % CI (paired over test structures and seeds). Both "
-             "are picked by their test MAE, so each side is its best case.")
+             f"MAE_specific, with its {100 * un.CONFIDENCE:.0f} % CI (paired over test structures and seeds); rows "
+             f"\"{an.ANY_METHOD}\" compare the best (source, method) of each side. Both sides are picked by their test "
+             "MAE, so each is its best case.")
     doc.table(pd.DataFrame({
         "target": cells["target"], "method": cells["method"], "fine-tune n": cells["finetune_size"].map(tx.n),
         "universal": [f"{u}: {tx.mae_n(tx.pm(m, sd), unit, n)}" for u, m, sd, unit, n in
