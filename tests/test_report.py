@@ -380,3 +380,20 @@ def test_part1_zero_shot_rows_are_tabled_beside_scratch(tmp_path):
     scratch = pd.Series([scratch_mae("phonons", 500, seed) for seed in SEEDS])
     assert "### Sources without fine-tuning (zero-shot)" in text
     assert f"| gvrh → phonons | 200 | 72 ± 2 | 3 | {tx.pm(scratch.mean(), scratch.std())} (n = 500) |" in text
+
+
+def test_universal_vs_specific_with_any_method_pairs_the_best_source_and_method_of_each_side():
+    """Per method, `heads` meets `heads`; across methods, universal `freeze` (1.0) meets property `full` (1.5),
+    the best of each side, although neither side's best is a `heads` run."""
+    runs = [("chgnet", "heads", 2.0), ("chgnet", "freeze", 1.0), ("eform", "heads", 3.0), ("eform", "full", 1.5),
+            ("gvrh", "full", 1.8)]
+    paired = pd.DataFrame([{"target": "phonons", "method": method, "finetune_size": 100, "seed": seed,
+                            "source": source, "test_mae": mae + 0.1 * seed, "task_hash": f"{source}-{method}-{seed}",
+                            "n_test": 10, "unit": "cm^-1"}
+                           for source, method, mae in runs for seed in (0, 1)])
+    per_method = an.universal_vs_specific(paired, {"chgnet"})
+    assert set(per_method["method"]) == {"heads"} and set(per_method["specific"]) == {"eform"}
+    both = an.universal_vs_specific(paired, {"chgnet"}, any_method=True)
+    assert set(both["method"]) == {an.ANY_METHOD} and len(both) == 2  # one row per seed
+    assert set(both["universal"]) == {"chgnet (freeze)"} and set(both["specific"]) == {"eform (full)"}
+    assert np.allclose(both.sort_values("seed")["gain"], [(1.5 - 1.0) / 1.5, (1.6 - 1.1) / 1.6])
