@@ -521,7 +521,7 @@ def test_a_package_model_is_a_part1_source_with_its_own_inputs(tmp_path):
     from mattransfer.report import write_report
 
     name = "cgcnn-mp:formation-energy"
-    universal = spec(part1={"methods": ["heads"], "universal": [name]}, part4={"enabled": False},
+    universal = spec(part1={"methods": ["heads", "full"], "universal": [name]}, part4={"enabled": False},
                      finetune_sizes=[12])
     summary = run_study(universal, tmp_path / "u", workers=1, progress=False)
     assert summary["failed"] == 0 and summary["done"] == summary["tasks"]
@@ -540,7 +540,16 @@ def test_a_package_model_is_a_part1_source_with_its_own_inputs(tmp_path):
     # and the best (source, method) of each side, whatever the method: here every fine-tune is `heads`
     assert section.count(f"| {name} (heads): ") == 2 and section.count("| any method |") == 2
     assert "Universal vs property-specific pre-training (best of each per cell): with any method," in report
-    assert "; with heads," in report
+    assert "; with heads," in report and "provisional" not in report
+    # a fine-tune without a result leaves the cells it is a candidate of provisional: here demo_volume's
+    # "any method" cell (property `full`), not its `heads` cell
+    full = table[(table["method"] == "full") & (table["target"] == "demo_volume")]["task_hash"].item()
+    (tmp_path / "u" / "tasks" / full / "result.json").unlink()
+    again = write_report(tmp_path / "u").read_text()
+    section = again.split("### Universal vs property-specific pre-training")[1].split("\n### ")[0]
+    assert section.count("| universal 0, specific 1 |") == 1
+    assert "with any method, the universal model is better in" in again and "of 2 cells (1 provisional: " in again
+    assert "cells (1 provisional" not in again.split("; with heads,")[1].split("\n")[0]
     with pytest.raises(ValueError, match="available: .*chgnet:0.3.0"):  # pydantic's ValidationError
         spec(part1={"universal": ["nosuch:1"]})
 

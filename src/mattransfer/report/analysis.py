@@ -59,12 +59,28 @@ def load_relatedness(study_dir: Path) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.is_file() else None
 
 
+def _plan(study_dir: Path) -> list[dict] | None:
+    path = Path(study_dir) / "plan.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def planned_tasks(study_dir: Path) -> dict[int, int] | None:
     """Tasks planned per part, from the study's ``plan.json``; None without one (a bare results table)."""
-    path = Path(study_dir) / "plan.json"
-    if not path.is_file():
-        return None
-    return dict(Counter(part for task in json.loads(path.read_text()) for part in task["parts"]))
+    plan = _plan(study_dir)
+    return None if plan is None else dict(Counter(part for task in plan for part in task["parts"]))
+
+
+def transfers_without_result(study_dir: Path, results: pd.DataFrame, part: int) -> pd.DataFrame:
+    """The part's planned transfer fine-tunes (with a source) that have no finished result yet: not run, or
+    failed. Columns target, finetune_size, method, source and universal (a package's pre-trained model);
+    empty without a ``plan.json``."""
+    done = set(results.loc[results["status"] == "done", "task_hash"])
+    return pd.DataFrame(
+        [{"target": t["dataset"], "finetune_size": t["size"], "method": t["method"], "source": t["source"],
+          "universal": t.get("pretrained") is not None}
+         for t in _plan(study_dir) or []
+         if part in t["parts"] and t["kind"] == "finetune" and t["source"] and t["hash"] not in done],
+        columns=["target", "finetune_size", "method", "source", "universal"])
 
 
 def test_in_source(rows: pd.DataFrame) -> pd.DataFrame:

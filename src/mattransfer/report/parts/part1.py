@@ -4,8 +4,6 @@ universal models, and property relatedness."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 
@@ -27,7 +25,7 @@ def write(doc: tx.Document, context: Context) -> list[str]:
         *_part1(doc, rows, cells, baselines),
         *_versus_baselines(doc, rows, baselines),
         *_transferability(doc, rows, read_scores(context.study_dir)),
-        *_universal(doc, rows, context.paired("part1"), context.study_dir),
+        *_universal(doc, context),
         *_relatedness(doc, cells, an.load_relatedness(context.study_dir)),
     ]
     _zero_shot(doc, an.zero_shot_stats(context.results, context.number("part1")), rows)
@@ -172,11 +170,16 @@ def _count_sentence(row) -> str:
             f"{row.hurts_fdr} hurt.")
 
 
-def _universal(doc: tx.Document, rows: pd.DataFrame, paired: pd.DataFrame, study_dir: Path) -> list[str]:
-    """Does a package's universal pre-trained model beat the best pre-training on one of the study's properties?"""
-    universal = an.universal_sources(rows)
+def _universal(doc: tx.Document, context: Context) -> list[str]:
+    """Does a package's universal pre-trained model beat the best pre-training on one of the study's properties?
+
+    A cell where some of either side's planned fine-tunes have no result yet is provisional, as its best of
+    that side may change."""
+    universal = an.universal_sources(context.rows("part1"))
     if not universal:
         return []
+    paired, study_dir = context.paired("part1"), context.study_dir
+    pending = an.transfers_without_result(study_dir, context.results, context.number("part1"))
     doc.heading("Universal vs property-specific pre-training", 3)
     both = pd.concat([an.universal_vs_specific(paired, universal),
                       an.universal_vs_specific(paired, universal, any_method=True)])
@@ -187,6 +190,7 @@ def _universal(doc: tx.Document, rows: pd.DataFrame, paired: pd.DataFrame, study
     keys = ["target", "method", "finetune_size"]
     cells = un.with_intervals(an.gain_cells(both, keys), both, keys, study_dir)
     cells = cells.merge(both.groupby(keys, as_index=False)[["universal", "specific"]].first(), on=keys)
+    not_run = [_without_result(pending, *cell) for cell in zip(*(cells[k] for k in keys))]
     doc.text("Per target, method and fine-tune size: the universal source and the property-specific source with "
              "the lowest mean test MAE, and the universal one's gain over it, (MAE_specific − MAE_universal) / "
              f"MAE_specific, with its {100 * un.CONFIDENCE:.0f} % CI (paired over test structures and seeds); rows "
@@ -200,14 +204,30 @@ def _universal(doc: tx.Document, rows: pd.DataFrame, paired: pd.DataFrame, study
                               zip(cells["specific"], cells["scratch_mean"], cells["unit"])],
         "universal's gain": [tx.gain_ci(*v) for v in zip(cells["gain_mean"], cells["gain_low"], cells["gain_high"])],
         "call": cells["call"].replace({"helps": "universal better", "hurts": "specific better"}),
+        "without a result": [f"universal {u}, specific {sp}" if u or sp else "" for u, sp in not_run],
     }))
+    provisional = pd.Series([any(n) for n in not_run], index=cells.index)
+    if provisional.any():
+        doc.text("\"Without a result\": fine-tunes of the cell's candidates on each side not run yet (or failed); "
+                 "those cells are provisional, as the best of a side may change.")
     counts = []
     for method, group in cells.groupby("method"):
         calls = group["call"].value_counts()
+        open_cells = int(provisional[group.index].sum())
         counts.append(f"with {method}, the universal model is better in {calls.get('helps', 0)}, the property-specific "
                       f"pre-training in {calls.get('hurts', 0)}, within noise in {calls.get('within noise', 0)} and "
-                      f"untested in {calls.get('untested', 0)} of {len(group)} cells")
+                      f"untested in {calls.get('untested', 0)} of {len(group)} cells"
+                      + (f" ({open_cells} provisional: fine-tunes without a result)" if open_cells else ""))
     return ["Universal vs property-specific pre-training (best of each per cell): " + "; ".join(counts) + "."]
+
+
+def _without_result(pending: pd.DataFrame, target: str, method: str, size: int) -> tuple[int, int]:
+    """(universal, property-specific) fine-tunes of a comparison cell without a result; `ANY_METHOD` counts
+    every method."""
+    cell = pending[(pending["target"] == target) & (pending["finetune_size"] == size)]
+    if method != an.ANY_METHOD:
+        cell = cell[cell["method"] == method]
+    return int(cell["universal"].sum()), int((~cell["universal"]).sum())
 
 
 def _versus_baselines(doc: tx.Document, rows: pd.DataFrame, baselines: pd.DataFrame) -> list[str]:
