@@ -537,7 +537,7 @@ def test_a_package_model_is_a_part1_source_with_its_own_inputs(tmp_path):
     # the report compares it with the property-specific source of each (target, method, size) cell
     section = report.split("### Universal vs property-specific pre-training")[1].split("\n### ")[0]
     assert section.count(f"| {name}: ") == 2 and "demo_energy: " in section and "demo_volume: " in section
-    # and the best (source, method) of each side, whatever the method: here every fine-tune is `heads`
+    # and the best (source, method) of each side, whatever the method: the universal model is fine-tuned by `heads` only
     assert section.count(f"| {name} (heads): ") == 2 and section.count("| any method |") == 2
     assert "Universal vs property-specific pre-training (best of each per cell): with any method," in report
     assert "; with heads," in report and "provisional" not in report
