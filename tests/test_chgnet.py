@@ -23,12 +23,13 @@ from mattransfer.cli import main
 from mattransfer.data.registry import DataSources
 from mattransfer.data.table import PropertyTable
 from mattransfer.errors import ConfigError, DataError
+from mattransfer.graphs.inputs import row_keys
 from mattransfer.models.encoders.base import pretrained_weights
 from mattransfer.models.encoders.chgnet import CHGNetGraphs, load_chgnet
 from mattransfer.models.lora import LoRALinear
 from mattransfer.models.model import TransferModel
 from mattransfer.training.job import featurize, predict_structures
-from mattransfer.training.prefix import PrefixStore
+from mattransfer.training.prefix import PrefixStore, cached_prefix
 
 from conftest import SHARED_DATA, fcc, isolated_atom
 
@@ -188,14 +189,19 @@ def test_a_package_model_gets_a_head_that_standardises_its_features_unless_the_o
 
 def test_prefix_store_batches_give_chgnets_own_output(chgnet):
     """Atom, bond and angle state of the frozen first blocks, computed once and sliced per batch, gives
-    the whole encoder's output for any batch order (a structure without bonds included)."""
+    the whole encoder's output for any batch order (a structure without bonds included); so does the state
+    read back from the disk cache, half of it cached by an earlier run."""
     structures = [*_crystals(), isolated_atom("Cu")]
-    store = CHGNetGraphs(6.0, 3.0).build(_table(structures), progress=False)
-    encoder = chgnet.encoder.eval()
+    featurizer = CHGNetGraphs(6.0, 3.0)
+    store = featurizer.build(_table(structures), progress=False)
+    keys = row_keys(_table(structures), featurizer)
+    encoder, cpu = chgnet.encoder.eval(), torch.device("cpu")
     index = torch.tensor([3, 5, 0, 4, 1, 2])
     with torch.no_grad():
         whole = encoder.atom_features(store.batch(index))
         for start in (1, 3, len(encoder.blocks())):
-            prefix = PrefixStore(store, encoder, start, torch.device("cpu"), batch_size=2)
-            # atom vectors, not pooled ones: the std of a crystal's identical atoms is sqrt of rounding noise
-            torch.testing.assert_close(encoder.atom_features(prefix.batch(index)), whole, atol=1e-5, rtol=1e-5)
+            cached_prefix(chgnet, start, keys[3:], store.subset(torch.arange(3, len(store))), cpu)
+            for state in (None, cached_prefix(chgnet, start, keys, store, cpu)):
+                prefix = PrefixStore(store, encoder, start, cpu, batch_size=2, state=state)
+                # atom vectors, not pooled ones: the std of a crystal's identical atoms is sqrt of rounding noise
+                torch.testing.assert_close(encoder.atom_features(prefix.batch(index)), whole, atol=1e-5, rtol=1e-5)

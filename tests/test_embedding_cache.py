@@ -11,6 +11,7 @@ from mattransfer.finetune import METHODS, param_groups
 from mattransfer.models.encoders.cgcnn import CGCNN
 from mattransfer.models.model import TransferModel
 from mattransfer.training import job as job_module
+from mattransfer.training import prefix as prefix_module
 from mattransfer.training.job import train_and_test
 from mattransfer.training.prefix import PrefixStore, frozen_blocks
 from mattransfer.training.run import run
@@ -122,6 +123,41 @@ def test_frozen_prefix_cache_matches_the_unfused_path(pretrained, volume_data, v
     for name, value in fused_model.encoder.state_dict().items():
         if not name.startswith(f"layers.{len(pretrained.encoder.layers) - 1}."):
             assert torch.equal(value, reference[name]), f"{name} changed although frozen"
+
+
+def test_freeze_runs_read_the_prefix_cache_and_give_the_same_result(pretrained_ckpt, pretrained, demo_volume,
+                                                                     make_config, tmp_path, monkeypatch):
+    """A second `freeze` run of the same encoder computes no frozen block; another sample size computes only its
+    new rows; the cached state is the state computed afresh."""
+    computed = []
+    compute = prefix_module.prefix_state
+    monkeypatch.setattr(prefix_module, "prefix_state",
+                        lambda store, *a, **k: computed.append(len(store)) or compute(store, *a, **k))
+    finetune = {"method": "freeze", "read_from": str(pretrained_ckpt), "config": {"train_last": 1}}
+
+    def freeze(name: str, n: int) -> dict:
+        return run(make_config(tmp_path / name, data={"dataset": "demo_volume", "n_samples": n}, finetune=finetune),
+                   progress=False)
+
+    first = freeze("first", 60)
+    assert computed == [first["n_train"] + first["n_val"] + first["n_test"]]
+    computed.clear()
+    second = freeze("second", 60)
+    assert computed == [] and second["test"] == first["test"]  # nothing computed; identical predictions
+    bigger = freeze("bigger", 80)  # the 80 samples hold the 60 (splits are nested) and the test set is fixed
+    assert computed == [20]
+
+    # Every row of demo_volume: the 80-sample run's rows come from the cache, the others are computed.
+    data = job_module.dataset(pretrained, demo_volume)
+    start = len(pretrained.encoder.blocks()) - 1
+    computed.clear()
+    cached = prefix_module.cached_prefix(pretrained, start, data.keys, data.inputs, torch.device("cpu"))
+    again = prefix_module.cached_prefix(pretrained, start, data.keys, data.inputs, torch.device("cpu"))
+    assert computed == [len(demo_volume) - bigger["n_train"] - bigger["n_val"] - bigger["n_test"]]
+    fresh = compute(data.inputs, pretrained.encoder, start, torch.device("cpu"))
+    for key, rows in fresh.items():
+        assert torch.equal(again[key], cached[key])
+        torch.testing.assert_close(cached[key], rows, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("descriptors", [False, True])

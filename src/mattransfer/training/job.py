@@ -30,7 +30,7 @@ from mattransfer.graphs.inputs import InputStore, cached_inputs, row_keys
 from mattransfer.models.domain import Domain
 from mattransfer.models.model import ModelConfig, TransferModel
 from mattransfer.training.latents import cached_latents
-from mattransfer.training.prefix import PrefixStore, frozen_blocks
+from mattransfer.training.prefix import PrefixStore, cached_prefix, frozen_blocks
 from mattransfer.training.metrics import regression_metrics
 from mattransfer.training.objectives import AuxiliaryClassification
 from mattransfer.training.trainer import Batches, EmbeddingBatches, FitResult, TrainingOptions, fit
@@ -214,7 +214,8 @@ def train_and_test(
         trained = model.head
         batches = {name: EmbeddingBatches(b, model.encoder, latent) for name, b in batches.items()}
     elif frozen := frozen_blocks(model):  # frozen first blocks: their output once, the rest trains
-        inputs = PrefixStore(data.inputs, model.encoder, frozen, device)
+        state = None if data.keys is None else cached_prefix(model, frozen, data.keys, data.inputs, device)
+        inputs = PrefixStore(data.inputs, model.encoder, frozen, device, state=state)
         batches = {name: Batches(inputs, b.positions, b.y, b.batch_size, device) for name, b in batches.items()}
     elif compile:  # in place: the state dict keeps its keys; compiled code is reused by later models
         model.encoder.compile(dynamic=True)
