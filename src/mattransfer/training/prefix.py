@@ -83,13 +83,14 @@ def cached_prefix(model: TransferModel, start: int, keys: list[str], store: Inpu
         subset = store.subset(torch.tensor(missing))
         fresh = prefix_state(subset, encoder, start, device, batch_size)
         counts = {key: subset.parts()[part].diff() for key, part in encoder.state_parts.items()}
-        cached = {"keys": cached["keys"] + [keys[k] for k in missing],
-                  "counts": {key: torch.cat([cached["counts"].get(key, counts[key][:0]), counts[key]])
-                             for key in counts},
-                  "rows": {key: torch.cat([cached["rows"].get(key, fresh[key][:0]), fresh[key]]) for key in fresh}}
+        if cached["keys"]:
+            fresh = {key: torch.cat([cached["rows"][key], rows]) for key, rows in fresh.items()}
+            counts = {key: torch.cat([cached["counts"][key], rows]) for key, rows in counts.items()}
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
-            torch.save(cached, tmp)
+            torch.save({"keys": cached["keys"] + [keys[k] for k in missing], "counts": counts, "rows": fresh}, tmp)
+        del fresh  # CHGNet's state is about 1 MB a structure: read back mapped, not held twice
+        cached = torch.load(path, weights_only=True, mmap=True)
         position = {key: k for k, key in enumerate(cached["keys"])}
     log.info("read the frozen blocks' output of %d structures from %s (%d computed now)", len(store) - len(missing),
              path, len(missing))
