@@ -3,7 +3,7 @@
 When ``freeze`` leaves only the last blocks of an encoder to train, its first blocks compute the
 same state for a structure in every epoch (they are frozen and in eval mode). `PrefixStore` holds
 that state for every structure of a store and hands each mini-batch its rows, so training runs
-only the later blocks: the generalisation of `heads' latent vectors (training/latents.py) to a
+only the later blocks: the generalisation of `heads`' latent vectors (training/latents.py) to a
 partly frozen encoder. Encoders that declare ``run_blocks`` and ``state_parts`` get it; others train
 the whole forward pass, as before.
 
