@@ -1,24 +1,46 @@
 """Helpers shared by the throughput benchmarks (graph_building.py, training_throughput.py).
 
-Not a benchmark itself. Machine description, the command line and the JSON report, built on the
-helpers of ``loop_overhead.py``.
+Not a benchmark itself: the bench tables, the machine description, the command line and the JSON report.
+Needs no package beyond mattransfer's own (Lightning only for ``loop_overhead.py``).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import platform
 import shlex
 import sys
 from importlib.metadata import version
 from pathlib import Path
 
+import torch
 import torch_geometric
 
+from mattransfer.data.registry import DataSources
+from mattransfer.data.table import PropertyTable
+
 sys.path.insert(0, str(Path(__file__).parent))
-from loop_overhead import load_table, machine_info  # noqa: E402,F401  (re-exported)
 from timing import Timing, timed  # noqa: E402,F401  (re-exported)
 
 RESULTS_DIR = Path(__file__).parent / "results"
+DATA_DIR = Path("/work/shared/data")
+BENCH_DATASETS = {"phonons": "phonons", "demo": "demo_bulk"}
+
+
+def load_table(data: str) -> PropertyTable:
+    return DataSources(data_dir=DATA_DIR).load(BENCH_DATASETS[data])
+
+
+def machine_info() -> dict:
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.exists() else []
+    return {
+        "platform": platform.platform(), "processor": platform.processor(), "cpu_model": names[0] if names else "",
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
 
 
 def command_line() -> str:
@@ -27,10 +49,8 @@ def command_line() -> str:
 
 
 def machine() -> dict:
-    """``loop_overhead.machine_info`` plus the graph libraries' versions."""
+    """``machine_info`` plus the graph libraries' versions."""
     return {**machine_info(), "torch_geometric": torch_geometric.__version__, "pymatgen": version("pymatgen")}
-
-
 
 
 def save_report(name: str, report: dict, out: Path | None = None) -> Path:

@@ -46,7 +46,6 @@ import json
 import logging
 import math
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -61,7 +60,6 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset
 
-from mattransfer.data.registry import DataSources
 from mattransfer.data.splits import fixed_test_ids, make_split
 from mattransfer.data.table import PropertyTable
 from mattransfer.finetune import param_groups
@@ -71,19 +69,16 @@ from mattransfer.graphs.store import GraphBatch, GraphStore
 from mattransfer.models.model import ModelConfig, TransferModel
 from mattransfer.training.trainer import Batches, TrainingOptions, fit
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import BENCH_DATASETS, load_table, machine_info  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results" / "loop_overhead.json"
-DATA_DIR = Path("/work/shared/data")
-DATASETS = {"phonons": "phonons", "demo": "demo_bulk"}
 ARMS = ("lean", "lightning", "lightning_log")
 
 
 # ----------------------------------------------------------------------------------------------
 # Data: one table, its graphs, and a fine-tune-sized subset as train/val Batches
 # ----------------------------------------------------------------------------------------------
-
-
-def load_table(data: str) -> PropertyTable:
-    return DataSources(data_dir=DATA_DIR).load(DATASETS[data])
 
 
 @dataclass
@@ -343,17 +338,6 @@ def run_configuration(
 # ----------------------------------------------------------------------------------------------
 
 
-def machine_info() -> dict:
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-             if line.startswith("model name")] if cpuinfo.exists() else []
-    return {
-        "platform": platform.platform(), "processor": platform.processor(), "cpu_model": names[0] if names else "",
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-        "torch": torch.__version__, "lightning": lightning.__version__,
-    }
-
-
 def print_table(rows: list[dict], args: argparse.Namespace) -> None:
     print(f"\nmedian seconds per epoch (train + val), epochs 1..{args.epochs - 2} of {args.repeats} run(s);"
           " ratio = arm / lean")
@@ -384,7 +368,7 @@ def quiet_lightning() -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", choices=sorted(DATASETS), default="phonons")
+    parser.add_argument("--data", choices=sorted(BENCH_DATASETS), default="phonons")
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 800], help="subset sizes n (train + val)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--epochs", type=int, default=30, help="epochs per run (at least 3)")
@@ -421,7 +405,7 @@ def main(argv: list[str] | None = None) -> None:
             "optimizer": "AdamW", "loss": "l1", "model": ModelConfig().model_dump(),
             "graphs": GraphSettings().model_dump(),
         },
-        "machine": {**machine_info(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+        "machine": {**machine_info(), "lightning": lightning.__version__, "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "results": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
