@@ -170,3 +170,30 @@ def test_prefix_batches_give_the_encoders_own_output(pretrained, volume_data, de
         index = torch.randperm(len(store), generator=torch.Generator().manual_seed(start))[:25]
         with torch.no_grad():
             torch.testing.assert_close(encoder(store.batch(index)), encoder(volume_data.inputs.batch(index)))
+
+
+def test_structure_cache_computes_each_missing_structure_once_and_reads_rows_in_the_asked_order(tmp_path):
+    """Variable rows per structure (as CHGNet's atoms and bonds), duplicate keys, a file of another layout."""
+    from mattransfer.training.structure_cache import cached_rows
+
+    sizes = {"a": 2, "b": 1, "c": 3}  # rows of structure "a": [10, 11], "b": [20], "c": [30, 31, 32]
+    calls = []
+
+    def compute(positions: list[int]) -> tuple[dict, dict]:
+        calls.append([keys[k] for k in positions])
+        counts = torch.tensor([sizes[keys[k]] for k in positions])
+        rows = torch.cat([10 * (ord(keys[k]) - 96) + torch.arange(sizes[keys[k]]) for k in positions])
+        return {"atoms": rows.float()}, {"atoms": counts}
+
+    path = tmp_path / "cache.pt"
+    torch.save({"keys": ["a"], "latent": torch.zeros(1, 4)}, path)  # a latent cache written before this layout
+    keys = ["c", "a", "c"]
+    rows, counts = cached_rows(path, keys, [2, 1], compute)
+    assert calls == [["a", "c"]]  # computed once each, in store order
+    assert rows["atoms"].tolist() == [30, 31, 32, 10, 11] and counts["atoms"].tolist() == [3, 2]
+    keys = ["b", "a", "c", "a"]
+    rows, counts = cached_rows(path, keys, [3, 0, 2], compute)
+    assert calls[1:] == [["b"]]  # only the new structure
+    assert rows["atoms"].tolist() == [10, 11, 20, 30, 31, 32] and counts["atoms"].tolist() == [2, 1, 3]
+    assert cached_rows(path, keys, [0, 1, 2], compute)[0]["atoms"].tolist() == [20, 10, 11, 30, 31, 32]
+    assert len(calls) == 2

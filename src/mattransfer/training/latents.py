@@ -2,9 +2,9 @@
 
 A `heads` fine-tune trains only the head, so the encoder's output for a structure is the same in
 every such run: with a pre-trained universal encoder (CHGNet, SevenNet) computing it is most of the
-run. The cache holds, per encoder (a hash of its class, pooling and weights), the vector of every
-structure it has seen, keyed by the structure's content: another seed or sample size of the same
-dataset encodes only the structures not seen before.
+run. The cache (`structure_cache`) holds, per encoder (a hash of its class, pooling and weights), the
+vector of every structure it has seen, keyed by the structure's content: another seed or sample size of
+the same dataset encodes only the structures not seen before.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from mattransfer.fileio import atomic_path
 from mattransfer.graphs.inputs import InputStore
 from mattransfer.models.model import TransferModel
-from mattransfer.paths import cache_dir, touch
+from mattransfer.paths import cache_dir
+from mattransfer.training.structure_cache import cached_rows
 
 log = logging.getLogger(__name__)
 
@@ -45,27 +45,17 @@ def cached_latents(model: TransferModel, keys: list[str], inputs: InputStore, ro
     `heads` fine-tune reads its split's 1-5k, and encoding the whole store was most of its time
     (bench/README.md, "Study wall time").
     """
-    path = cache_file(model)
-    known: dict[str, Tensor] = {}
-    if path.exists():
-        touch(path)
-        stored = torch.load(path, weights_only=True)
-        known = dict(zip(stored["keys"], stored["latent"]))
-    wanted = list(range(len(keys))) if rows is None else rows.tolist()
-    missing = sorted({k for k in wanted if keys[k] not in known})
-    if missing:
+    def encode(positions: list[int]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         start = time.perf_counter()
-        fresh = model.embed(inputs.subset(torch.tensor(missing)), batch_size=batch_size).cpu()
-        known.update(zip((keys[k] for k in missing), fresh))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            torch.save({"keys": list(known), "latent": torch.stack(list(known.values()))}, tmp)
-        log.info("encoded %d structures in %.1f s (%d from the latent cache)", len(missing),
-                 time.perf_counter() - start, len(set(wanted)) - len(missing))
+        latent = model.embed(inputs.subset(torch.tensor(positions)), batch_size=batch_size).cpu()
+        log.info("encoded %d structures in %.1f s", len(positions), time.perf_counter() - start)
+        return {"latent": latent}, {"latent": torch.ones(len(positions), dtype=torch.long)}
+
+    wanted = list(range(len(keys))) if rows is None else rows.tolist()
+    read = cached_rows(cache_file(model), keys, wanted, encode)[0]["latent"]
     device = model.target_mean.device
     if rows is None:
-        return torch.stack([known[key] for key in keys]).to(device)
-    read = torch.stack([known[keys[k]] for k in wanted])
+        return read.to(device)
     latent = torch.full((len(keys), read.shape[1]), float("nan"), dtype=read.dtype)
     latent[rows] = read
     return latent.to(device)

@@ -8,7 +8,7 @@ partly frozen encoder. Encoders that declare ``run_blocks`` and ``state_parts`` 
 the whole forward pass, as before.
 
 The state is also the same in every run of the same encoder: `cached_prefix` keeps it on disk per
-structure, keyed by the structure's content, as the latent cache does. Another seed or sample size
+structure, keyed by the structure's content, in the latent cache's store (`structure_cache`). Another seed or sample size
 computes only the structures not seen before; the fixed test set (3,674 structures of eform and
 bandgap, which share their structures) is computed once.
 """
@@ -23,13 +23,13 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from mattransfer.fileio import atomic_path
 from mattransfer.graphs.inputs import InputStore, PrefixBatch
 from mattransfer.graphs.store import concat_ranges
 from mattransfer.models.encoders.base import Encoder
 from mattransfer.models.model import TransferModel
-from mattransfer.paths import cache_dir, touch
+from mattransfer.paths import cache_dir
 from mattransfer.training.latents import encoder_hash
+from mattransfer.training.structure_cache import cached_rows
 
 log = logging.getLogger(__name__)
 
@@ -70,38 +70,20 @@ def prefix_state(store: InputStore, encoder: Encoder, start: int, device: torch.
 def cached_prefix(model: TransferModel, start: int, keys: list[str], store: InputStore, device: torch.device,
                   batch_size: int = 256) -> dict[str, Tensor]:
     """`prefix_state` of ``store``, whose rows have the content hashes ``keys`` (`graphs.inputs.row_keys`),
-    computing only the structures the disk cache of ``model``'s encoder lacks."""
+    computing only the structures the disk cache of ``model``'s encoder lacks (`structure_cache`)."""
     encoder = model.encoder
     path = prefix_cache_file(model, start)
-    cached = {"keys": [], "counts": {}, "rows": {}}
-    if path.exists():
-        touch(path)
-        cached = torch.load(path, weights_only=True, mmap=True)  # mapped: only the rows read come into memory
-    position = {key: k for k, key in enumerate(cached["keys"])}
-    missing = sorted({key: k for k, key in enumerate(keys) if key not in position}.values())
-    if missing:
-        subset = store.subset(torch.tensor(missing))
-        fresh = prefix_state(subset, encoder, start, device, batch_size)
+
+    def compute(positions: list[int]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        subset = store.subset(torch.tensor(positions))
         counts = {key: subset.parts()[part].diff() for key, part in encoder.state_parts.items()}
-        if cached["keys"]:
-            fresh = {key: torch.cat([cached["rows"][key], rows]) for key, rows in fresh.items()}
-            counts = {key: torch.cat([cached["counts"][key], rows]) for key, rows in counts.items()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            torch.save({"keys": cached["keys"] + [keys[k] for k in missing], "counts": counts, "rows": fresh}, tmp)
-        del fresh  # CHGNet's state is about 1 MB a structure: read back mapped, not held twice
-        cached = torch.load(path, weights_only=True, mmap=True)
-        position = {key: k for k, key in enumerate(cached["keys"])}
-    log.info("read the frozen blocks' output of %d structures from %s (%d computed now)", len(store) - len(missing),
-             path, len(missing))
-    order = torch.tensor([position[key] for key in keys], dtype=torch.long)
-    state = {}
+        return prefix_state(subset, encoder, start, device, batch_size), counts
+
+    state, counts = cached_rows(path, keys, list(range(len(keys))), compute)
     for key, part in encoder.state_parts.items():
-        counts = cached["counts"][key]
-        if not torch.equal(counts[order], store.parts()[part].diff()):
+        if not torch.equal(counts[key], store.parts()[part].diff()):
             raise ValueError(f"{path}: its {key!r} rows do not match these inputs' structures; delete the file"
                              " and run again.")
-        state[key] = cached["rows"][key][concat_ranges((torch.cumsum(counts, 0) - counts)[order], counts[order])]
     return state
 
 
