@@ -422,6 +422,9 @@ def test_resume_runs_only_what_is_missing(tiny_study, tmp_path):
     records = [json.loads(p.read_text()) for p in sorted((root / "runs").glob("*.json"))]
     assert [sorted(r["ran_tasks"]) for r in records] == [sorted(summary_hashes(tiny_study[0])), sorted(deleted), []]
     assert [r["done"] for r in records] == [TINY_TASKS] * 3 and records[1]["workers"] == 1
+    # with the code and the machine: a long training's rounding depends on the CPU's vector instructions
+    assert records[1]["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert records[1]["mattransfer_version"]
 
 
 def test_failing_task_is_recorded_and_others_complete(tiny_study, tmp_path):

@@ -1,10 +1,14 @@
-"""Which code produced a run: the package version and, in a git checkout, the commit."""
+"""Which code produced a run (the package version and, in a git checkout, the commit), and on what machine."""
 
 from __future__ import annotations
 
+import os
+import platform
 import subprocess
 from functools import lru_cache
 from pathlib import Path
+
+import torch
 
 
 def package_version() -> str:
@@ -30,3 +34,10 @@ def git_commit() -> str | None:
 
 def provenance() -> dict[str, str | None]:
     return {"mattransfer_version": package_version(), "git_commit": git_commit()}
+
+
+def machine() -> dict[str, str | int | None]:
+    """What a training's floating-point rounding depends on besides the code: torch's version and the CPU's
+    vector instructions it compiles for (another machine can give a long training another result)."""
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count()}

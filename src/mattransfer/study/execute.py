@@ -26,6 +26,7 @@ from mattransfer.errors import MattransferError
 from mattransfer.study.data import PreparedData, prepare_datasets
 from mattransfer.study.executors import open_executor
 from mattransfer.fileio import write_atomic, write_json
+from mattransfer.provenance import machine, provenance
 from mattransfer.study.layout import StudyDir
 from mattransfer.study.parts import PARTS, Part
 from mattransfer.study.results import results_table, write_results
@@ -199,7 +200,8 @@ class _StudyRun:
                           f" · remaining {len(self.pending)}")
 
     def _record_run(self, done: int) -> None:
-        """This run's record: when it started, on how many workers, what it ran (data preparation included)."""
+        """This run's record: when it started, on how many workers, what it ran (data preparation included),
+        with which code on what machine."""
         started = datetime.fromtimestamp(self.started, timezone.utc)
         path = self.study.run_file(started.strftime("%Y%m%dT%H%M%S.%fZ"))
         path.parent.mkdir(exist_ok=True)
@@ -209,6 +211,7 @@ class _StudyRun:
             "elapsed_seconds": round(time.time() - self.started, 1), "workers": self.slots,
             "ran_done": self.ran["done"], "ran_failed": self.ran["failed"],
             "ran_tasks": sorted(self.ran_hashes), "done": done, "tasks": len(self.plan),
+            **provenance(), "machine": machine(),
         })
 
     def _plan_deferred(self) -> None:
