@@ -46,6 +46,7 @@ def test_cached_embeddings_match_the_unfused_path(pretrained, volume_data, volum
 
 def test_heads_runs_read_the_latent_cache_and_give_the_same_result(pretrained_ckpt, make_config, tmp_path, monkeypatch):
     """A second `heads` run of the same encoder encodes nothing; another sample size encodes only its new rows."""
+    monkeypatch.setenv("MATTRANSFER_CACHE", str(tmp_path / "cache"))  # empty: other tests' runs fill the shared one
     encoded = []
     embed = TransferModel.embed
     monkeypatch.setattr(TransferModel, "embed", lambda self, store, *a, **k: encoded.append(len(store)) or embed(self, store, *a, **k))
@@ -129,6 +130,7 @@ def test_freeze_runs_read_the_prefix_cache_and_give_the_same_result(pretrained_c
                                                                      make_config, tmp_path, monkeypatch):
     """A second `freeze` run of the same encoder computes no frozen block; another sample size computes only its
     new rows; the cached state is the state computed afresh."""
+    monkeypatch.setenv("MATTRANSFER_CACHE", str(tmp_path / "cache"))  # empty: other tests' runs fill the shared one
     computed = []
     compute = prefix_module.prefix_state
     monkeypatch.setattr(prefix_module, "prefix_state",
