@@ -8,9 +8,8 @@ Arms, each training a copy of the same initial weights on the same shuffled batc
 L1 loss on standardised targets) for ``--epochs`` epochs: ``fp32``; ``bf16`` (the forward pass under
 ``torch.autocast("cpu", dtype=torch.bfloat16)``, the loss in float32); both again with the encoder
 compiled as ``compile: true`` compiles it. The model is the one of Part 1's committed studies (CGCNN,
-learned element vectors, mean readout). Under autocast the convolution's linear maps give bfloat16
-messages, which its float32 ``index_add_`` refuses: this script sums them in float32 (the one change
-the model would need). Epoch 0 of every run (the compilation) is left out; the arms run ``--rounds``
+learned element vectors, mean readout); under autocast its convolution sums the bfloat16 messages into
+float32 atoms. Epoch 0 of every run (the compilation) is left out; the arms run ``--rounds``
 times in rotated order and the medians pool the timed epochs. The last training loss of each arm shows
 that bfloat16 trains the same way over these few epochs, not that it keeps the accuracy.
 
@@ -29,7 +28,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import command_line, machine, save_report  # noqa: E402
@@ -38,23 +36,11 @@ from mattransfer.data.registry import DataSources
 from mattransfer.data.splits import make_split
 from mattransfer.graphs.build import GraphSettings, RadiusGraph
 from mattransfer.graphs.inputs import cached_inputs
-from mattransfer.models.encoders import cgcnn
 from mattransfer.models.model import ModelConfig, TransferModel
 from mattransfer.training.trainer import Batches
 
 ARMS = ("fp32", "bf16", "fp32-compiled", "bf16-compiled")
 PART1_ENCODER = {"name": "cgcnn", "pooling": "mean", "elements": "learned", "atom_descriptors": False}
-
-
-def forward_summing_in_float32(self: cgcnn.FactorizedCGConv, x: Tensor, edge_index: Tensor,
-                               edge_attr: Tensor) -> Tensor:
-    """`FactorizedCGConv.forward` with the edge messages cast to the atoms' dtype before they are summed."""
-    weight = torch.cat([self.lin_f.weight, self.lin_s.weight])
-    bias = torch.cat([self.lin_f.bias, self.lin_s.bias])
-    gate, signal = cgcnn.edge_linear(weight, bias, x, edge_index, edge_attr).chunk(2, dim=1)
-    messages = (gate.sigmoid() * F.softplus(signal)).to(x.dtype)
-    out = torch.zeros_like(x).index_add_(0, edge_index[1], messages)
-    return (out if self.bn is None else self.bn(out)) + x
 
 
 def train_epochs(arm: str, base: TransferModel, batches: Batches, epochs: int) -> tuple[list[float], float]:
@@ -110,7 +96,6 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cgcnn.FactorizedCGConv.forward = forward_summing_in_float32
     sources = DataSources.from_yaml(args.data_sources)
     load_before = os.getloadavg()
     results = [measure(t, sources, args.n, args.epochs, args.rounds) for t in args.targets]

@@ -55,7 +55,8 @@ class FactorizedCGConv(CGConv):
         weight = torch.cat([self.lin_f.weight, self.lin_s.weight])  # (2h, 2h + n_gaussians)
         bias = torch.cat([self.lin_f.bias, self.lin_s.bias])
         gate, signal = edge_linear(weight, bias, x, edge_index, edge_attr).chunk(2, dim=1)
-        out = torch.zeros_like(x).index_add_(0, edge_index[1], gate.sigmoid() * F.softplus(signal))
+        # .to: under bfloat16 autocast the messages are bfloat16 and are summed into the float32 atoms
+        out = torch.zeros_like(x).index_add_(0, edge_index[1], (gate.sigmoid() * F.softplus(signal)).to(x.dtype))
         out = out if self.bn is None else self.bn(out)
         return out + x
 
