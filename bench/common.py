@@ -7,7 +7,6 @@ Needs no package beyond mattransfer's own (Lightning only for ``loop_overhead.py
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shlex
 import sys
@@ -19,6 +18,7 @@ import torch_geometric
 
 from mattransfer.data.registry import DataSources
 from mattransfer.data.table import PropertyTable
+from mattransfer.provenance import machine as provenance_machine
 
 sys.path.insert(0, str(Path(__file__).parent))
 from timing import Timing, timed  # noqa: E402,F401  (re-exported)
@@ -33,14 +33,12 @@ def load_table(data: str) -> PropertyTable:
 
 
 def machine_info() -> dict:
+    """`provenance.machine` plus the CPU's model name, the platform and Python."""
     cpuinfo = Path("/proc/cpuinfo")
     names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
              if line.startswith("model name")] if cpuinfo.exists() else []
-    return {
-        "platform": platform.platform(), "processor": platform.processor(), "cpu_model": names[0] if names else "",
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
+    return {**provenance_machine(), "platform": platform.platform(), "cpu_model": names[0] if names else "",
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
 
 
 def command_line() -> str:
