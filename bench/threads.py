@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
-import platform
 import shlex
 import statistics
 import sys
@@ -43,6 +41,8 @@ from mattransfer.models.model import ModelConfig, TransferModel
 from mattransfer.threads import available_cores, default_threads, load_average
 from mattransfer.training.job import Dataset, train_and_test
 from mattransfer.training.trainer import TrainingOptions
+
+from common import machine_info  # bench/common.py (this script's folder is on the path)
 
 RESULTS = Path(__file__).parent / "results" / "threads_idle_machine.json"
 
@@ -111,8 +111,7 @@ def main() -> None:
         print(f"{key:18} median {value['median_epoch_s']:.2f} s/epoch (min {value['min_epoch_s']:.2f},"
               f" max {value['max_epoch_s']:.2f}; load {', '.join(f'{x:.1f}' for x in value['load_at_start'])})")
     report = {"command": shlex.join(["python", *sys.argv]), "summary": summary, "runs": runs,
-              "machine": {"platform": platform.platform(), "cores_available": available_cores(),
-                          "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}}
+              "machine": {**machine_info(), "cores_available": available_cores()}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -33,14 +32,15 @@ import torch
 from mattransfer.data.registry import DataSources
 from mattransfer.models.model import TransferModel
 
+from common import machine_info  # bench/common.py (this script's folder is on the path)
+
 SHARED_SOURCES = Path(__file__).parents[1] / "configs" / "shared-data.yaml"
 RESULTS_DIR = Path(__file__).parent / "results"
 
 
 def machine(package: str) -> dict:
-    """What the times depend on (bench/common.py's helper needs lightning, which this venv may lack)."""
-    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__, package: version(package)}
+    """What the times depend on: the machine and the universal model's package version."""
+    return {**machine_info(), package: version(package)}
 
 
 def main() -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -36,7 +35,8 @@ from mattransfer.models.encoders.sevennet import build_sevennet_graphs
 from mattransfer.models.model import TransferModel
 
 sys.path.insert(0, str(Path(__file__).parent))
-from timing import Timing, timed  # noqa: E402  (not bench/common.py: it imports lightning, absent here)
+from common import machine_info  # noqa: E402
+from timing import Timing, timed  # noqa: E402
 
 SHARED_SOURCES = Path(__file__).parents[1] / "configs" / "shared-data.yaml"
 RESULT = Path(__file__).parent / "results" / "universal_speed_sevennet.json"
@@ -96,8 +96,7 @@ def main() -> None:
     edges = (store.edge_ptr[1:] - store.edge_ptr[:-1]).float()
     report = {
         "command": shlex.join(["python", *sys.argv]),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                    "torch": torch.__version__, "sevenn": sevenn.__version__},
+        "machine": {**machine_info(), "sevenn": sevenn.__version__},
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(), "dataset": "phonons", "n_structures": n,
         "atoms_per_structure": {"mean": round(float(atoms.mean()), 1), "max": int(atoms.max())},
